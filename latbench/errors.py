@@ -1,0 +1,23 @@
+"""The project's error types.
+
+Every error a user can cause (bad YAML, unreachable device, bad arch file, ...) is a
+:class:`LatbenchError`; the CLI prints its message as one line and exits non-zero, with the
+traceback only under ``-v``. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class LatbenchError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class DeviceError(LatbenchError):
+    """A device cannot be reached or used (RPC server down, tracker without servers, SSH failure)."""
+
+    exit_code = 3
+
+
+class ConfigError(LatbenchError):
+    """A malformed or incomplete configuration file (device YAML, arch JSON)."""
