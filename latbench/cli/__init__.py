@@ -1,0 +1,83 @@
+"""``latbench``: the command line, a thin shell over the Python API.
+
+Each command is a module of this package with ``register(subparsers)`` (adds its subparser and
+sets ``func``); :data:`COMMANDS` lists them. Errors the user can fix (:class:`LatbenchError`)
+print one line and exit non-zero; ``-v`` adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+from latbench.errors import LatbenchError
+
+COMMANDS: tuple[str, ...] = (
+    "ops", "measure", "compile", "devices", "backends", "table",
+    "fit_predictor", "predict", "evaluate",
+    "monotonicity", "adapt", "report",
+    "tracker", "device", "bundle",
+    "demo",
+)
+
+log = logging.getLogger("latbench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latbench",
+        description="Measure the latency of ProxylessNAS search-space ops on real hardware with Apache TVM, "
+                    "fit latency predictors, and search for fast networks.",
+        epilog="Run `latbench COMMAND --help` for a command's options. Quick start: `latbench demo`.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v: info and tracebacks, -vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"latbench.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"latbench.cli.{name}":
+                continue  # a command not written yet
+            raise
+        mod.register(sub)
+    for sp in sub.choices.values():  # -v after the command works too (`latbench measure -v`)
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging (-v: info and tracebacks, -vv: debug)")
+    return parser
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("matplotlib", "PIL", "urllib3", "paramiko"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LatbenchError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"latbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("latbench: interrupted; every result taken so far is saved — rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

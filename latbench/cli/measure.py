@@ -1,0 +1,79 @@
+"""``latbench measure``: profile the space's ops (or a prebuilt artifact set) on a device."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from latbench.cli.ops import add_space_args
+
+log = logging.getLogger(__name__)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", "-t", default="local-cpu",
+                   help="device name (a YAML in device_configs/, see `latbench devices`) or a YAML path "
+                        "(default: local-cpu, this machine through a local RPC server)")
+    p.add_argument("--backend", "-b", default=None,
+                   help="how ops are compiled and run (see `latbench backends`; default: the tvm default)")
+    p.add_argument("--cache", default=None,
+                   help="artifact cache directory (default: $LATBENCH_CACHE or ~/.cache/latbench)")
+    p.add_argument("--workers", type=int, default=None, help="parallel compile workers (default: CPU count)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "measure", help="measure op latencies on a device",
+        description="Compile every distinct op of the space for the device's target (cached, in parallel), "
+                    "time each on the device over TVM RPC, and append one row per op to the Parquet table "
+                    "OUT/<device>/ops-<backend>.parquet. Resumable: a rerun measures only what is missing.")
+    add_space_args(p)
+    add_device_args(p)
+    p.add_argument("--out", "-o", default="data", help="table directory (default: data)")
+    p.add_argument("--limit", type=int, default=None, help="measure only the first N ops")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="also measure N random MBConv configurations beyond the space (predictor training data)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="time a prebuilt artifact set (from `latbench compile --out DIR`) instead of building")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.backends.base import get_backend
+    from latbench.campaign import Campaign, Job
+    from latbench.devices import get_device
+    from latbench.artifacts import ArtifactCache
+    from latbench.space import Space
+    from latbench.tables import ok_rows
+
+    device = get_device(args.target)
+    if args.artifacts:
+        from latbench.offline import measure_artifacts
+
+        df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose)
+    else:
+        backend = get_backend(args.backend)
+        space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
+        ops = list(space.distinct_ops())
+        if args.sample:
+            from latbench.sampling import sample_ops
+
+            ops += sample_ops(args.sample, args.seed)
+        jobs = [Job.op(o) for o in dict.fromkeys(ops)]
+        campaign = Campaign(device, backend, __import__("pathlib").Path(args.out), ArtifactCache(args.cache),
+                            workers=args.workers, progress=True)
+        try:
+            df = campaign.run(jobs, args.limit)
+        except KeyboardInterrupt:
+            print(f"latbench: interrupted; results so far are in {campaign.store('ops').path} — "
+                  "rerun the same command to resume", file=sys.stderr)
+            return 130
+    good = ok_rows(df)
+    n_err = len(df) - len(good)
+    path = df.attrs.get("path", args.out)
+    print(f"{len(good)} ops measured on {device.name} ({n_err} errors) → {args.out}/{device.name}/")
+    if n_err:
+        for _, r in df[df["status"] != "ok"].head(5).iterrows():
+            print(f"  error {r['key']}: {r.get('error')}", file=sys.stderr)
+    return 0 if len(good) else 1

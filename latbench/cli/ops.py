@@ -1,0 +1,36 @@
+"""``latbench ops``: the distinct op keys of the space, one per line."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from latbench.space import Space
+
+
+def add_space_args(p: argparse.ArgumentParser) -> None:
+    """--resolution/--width options shared by commands that build a space."""
+    p.add_argument("--resolution", "-r", type=int, default=224, help="input resolution (default 224)")
+    p.add_argument("--width", "-w", type=float, default=1.0, dest="width_mult",
+                   help="width multiplier (default 1.0)")
+    p.add_argument("--classes", type=int, default=1000, dest="n_classes", help="classifier outputs (default 1000)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ops", help="list the space's distinct op keys",
+                       description="Print the distinct op keys of the ProxylessNAS space (fixed layers and every "
+                                   "candidate MBConv), in the official latency-table key format, one per line.")
+    add_space_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of {key, features} instead")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
+    ops = space.distinct_ops()
+    if args.json:
+        from latbench.features import op_features
+
+        print(json.dumps([{"key": o.key, **op_features(o)} for o in ops], indent=1))
+    else:
+        print("\n".join(o.key for o in ops))
+    return 0

@@ -1,0 +1,44 @@
+"""``latbench table show PATH``: print a latency table."""
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+DEFAULT_COLUMNS = ["key", "device", "backend", "status", "median_ms", "std_ms", "min_ms", "num_threads"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="inspect latency tables", description="Inspect latency tables.")
+    tsub = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
+    s = tsub.add_parser("show", help="print a table (Parquet/CSV file or a directory of them)",
+                        description="Print a latency table (a Parquet or CSV file, or every table under a directory).")
+    s.add_argument("path", help="table file or directory")
+    s.add_argument("--columns", "-c", default=None, help="comma-separated columns (default: a useful subset)")
+    s.add_argument("--all-columns", action="store_true", help="print every column")
+    s.add_argument("--csv", action="store_true", help="print as CSV")
+    s.add_argument("--head", type=int, default=None, help="only the first N rows")
+    s.set_defaults(func=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from latbench.errors import LatbenchError
+    from latbench.tables import read_table
+
+    df = read_table(args.path)
+    if args.columns:
+        cols = [c.strip() for c in args.columns.split(",")]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise LatbenchError(f"no column {missing[0]!r} in {args.path}; columns: {', '.join(df.columns)}")
+        df = df[cols]
+    elif not args.all_columns:
+        df = df[[c for c in DEFAULT_COLUMNS if c in df.columns]]
+    if args.head:
+        df = df.head(args.head)
+    if args.csv:
+        print(df.to_csv(index=False), end="")
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_colwidth", 90, "display.width", 200):
+            print(df.to_string(index=False))
+    return 0

@@ -1,0 +1,296 @@
+"""TVM RPC plumbing with timeouts everywhere: local servers, sessions, and remote timing.
+
+TVM's RPC calls have no timeouts of their own (a tracker ``request`` for a key nobody serves
+blocks forever), so every blocking call goes through :func:`call_with_timeout`. A server that
+latbench starts runs in its own process group: TVM's server forks a listener and a per-session
+child, and killing the group is the only way to stop all three.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from latbench.devices import Device, Timing
+from latbench.errors import DeviceError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RPCTimeout(DeviceError):
+    """A remote call did not return in time."""
+
+
+class RPCLinkError(DeviceError):
+    """The RPC link broke (server died, connection dropped)."""
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``fn()`` in a daemon thread; raise :class:`RPCTimeout` if it takes longer than ``timeout``.
+
+    The thread is abandoned on timeout (TVM's blocking socket calls cannot be interrupted); the
+    caller must then drop the session it was using.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=f"rpc:{what}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise RPCTimeout(f"{what} did not finish within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def port_is_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and every child it forked."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # forked children (TVM's per-session worker) may outlive the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("process %d did not exit after SIGKILL", proc.pid)
+
+
+class LocalRPCServer:
+    """A TVM RPC server subprocess on this machine (``python -m tvm.exec.rpc_server``).
+
+    Used as a context manager; :meth:`stop` kills its whole process group. ``tracker``
+    (``host:port``) and ``key`` register it with a tracker instead of serving direct connections.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, threads: int = 0,
+                 tracker: str | None = None, key: str | None = None, start_timeout: float = 60.0,
+                 python: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.threads = threads
+        self.tracker = tracker
+        self.key = key
+        self.start_timeout = start_timeout
+        self.python = python or sys.executable
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "LocalRPCServer":
+        if self.requested_port:
+            if not port_is_free(self.host, self.requested_port):
+                raise DeviceError(
+                    f"port {self.host}:{self.requested_port} is busy; stop what uses it or choose another port"
+                )
+            self.port = self.requested_port
+        else:
+            self.port = free_port(self.host)
+        env = dict(os.environ)
+        if self.threads:
+            env["TVM_NUM_THREADS"] = str(self.threads)
+        env.update(self.extra_env)
+        cmd = [self.python, "-m", "tvm.exec.rpc_server", "--host", self.host,
+               "--port", str(self.port), "--port-end", str(self.port + 1)]
+        if self.tracker:
+            cmd += ["--tracker", self.tracker, "--key", self.key or "local"]
+        fd, name = tempfile.mkstemp(prefix="latbench-rpc-", suffix=".log")
+        self.log_path = Path(name)
+        with os.fdopen(fd, "w") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("RPC server up on %s (pid %d)", self.address, self.proc.pid)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DeviceError(f"the local TVM RPC server exited at start (code {self.proc.returncode}): "
+                                  f"{self.tail_log()}")
+            if self.tracker:
+                if "tracker" in self.tail_log().lower() or port_is_open(self.host, self.port, 0.5):
+                    return
+            elif port_is_open(self.host, self.port, 0.5):
+                return
+            time.sleep(0.2)
+        raise DeviceError(f"the local TVM RPC server did not start within {self.start_timeout:g} s "
+                          f"(log: {self.log_path})")
+
+    def tail_log(self, n: int = 400) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
+        if self.log_path and self.log_path.exists():
+            self.log_path.unlink()
+
+    def __enter__(self) -> "LocalRPCServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def connect_direct(host: str, port: int, session_timeout: float, timeout: float) -> Any:
+    """A session with the RPC server at ``host:port`` (clear error if it cannot be reached)."""
+    import tvm.rpc
+
+    if not port_is_open(host, port, min(timeout, 5.0)):
+        raise DeviceError(
+            f"no TVM RPC server at {host}:{port}; start one on the device "
+            f"(python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}, or `latbench device start`)"
+        )
+    try:
+        return call_with_timeout(lambda: tvm.rpc.connect(host, port, session_timeout=int(session_timeout)),
+                                 timeout, f"connecting to {host}:{port}")
+    except RPCTimeout:
+        raise DeviceError(f"the TVM RPC server at {host}:{port} accepted no session within {timeout:g} s "
+                          "(it may be busy with another client)") from None
+    except Exception as exc:
+        raise DeviceError(f"cannot open a TVM RPC session with {host}:{port}: {first_line(exc)}") from None
+
+
+def connect_tracker_session(host: str, port: int, key: str, session_timeout: float, timeout: float) -> Any:
+    """A session with a free server of ``key`` from the tracker at ``host:port``."""
+    import tvm.rpc
+
+    if not port_is_open(host, port, min(timeout, 5.0)):
+        raise DeviceError(f"no RPC tracker at {host}:{port}; start one with `latbench tracker start --port {port}`")
+    try:
+        tracker = call_with_timeout(lambda: tvm.rpc.connect_tracker(host, port), timeout,
+                                    f"connecting to tracker {host}:{port}")
+        return call_with_timeout(
+            lambda: tracker.request(key, priority=1, session_timeout=int(session_timeout)), timeout,
+            f"waiting for a free '{key}' server",
+        )
+    except RPCTimeout:
+        raise DeviceError(
+            f"tracker {host}:{port} has no free server with key '{key}' after {timeout:g} s; start the "
+            f"device's server (`latbench device start`, or python -m tvm.exec.rpc_server "
+            f"--tracker {host}:{port} --key {key})"
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The informative first line of a (possibly multi-line, C++-backtraced) TVM error."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "Check failed" in ln or "Error" in ln:
+            return ln[:300]
+    return (lines[0] if lines else exc.__class__.__name__)[:300]
+
+
+def is_link_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the RPC connection is gone (vs. an error in the op itself)."""
+    text = str(exc)
+    return isinstance(exc, (RPCTimeout, ConnectionError, BrokenPipeError)) or any(
+        s in text for s in ("kShutdown", "Broken pipe", "SockChannel", "Connection reset", "RPCSession",
+                            "Socket", "code == RPCCode::kReturn")
+    )
+
+
+def summarize(samples_s: np.ndarray) -> dict[str, float]:
+    """Statistics in ms of per-run times given in seconds."""
+    ms = np.asarray(samples_s, dtype=float) * 1e3
+    mean = float(ms.mean())
+    return {"mean_ms": mean, "median_ms": float(np.median(ms)), "std_ms": float(ms.std()),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "cv": float(ms.std() / mean) if mean else 0.0}
+
+
+def time_library(remote: Any, lib_path: Path, x: np.ndarray, timing: Timing, is_cuda: bool = False,
+                 expected: np.ndarray | None = None) -> dict[str, Any]:
+    """Upload a compiled Relax library, run it once to check its output, and time it.
+
+    Blocking; wrap in :func:`call_with_timeout`. Returns the statistics plus ``max_abs_err``.
+    """
+    import tvm
+    from tvm import relax
+
+    name = f"lb_{lib_path.parent.name}.so"
+    remote.upload(str(lib_path), name)
+    rlib = remote.load_module(name)
+    dev = remote.cuda(0) if is_cuda else remote.cpu(0)
+    vm = relax.VirtualMachine(rlib, dev)
+    xt = tvm.runtime.tensor(x, dev)
+    out = {}
+    if expected is not None:
+        y = vm["main"](xt).numpy()
+        out["max_abs_err"] = float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape else float("inf")
+    if timing.warmup:
+        vm.time_evaluator("main", dev, number=timing.warmup, repeat=1)(xt)
+    res = vm.time_evaluator("main", dev, number=timing.number, repeat=timing.repeat,
+                            min_repeat_ms=timing.min_repeat_ms,
+                            cooldown_interval_ms=timing.cooldown_ms)(xt)
+    out.update(summarize(np.array(res.results)))
+    out["number"] = timing.number
+    return out
