@@ -1,0 +1,141 @@
+"""Gradient-boosted trees (xgboost) on analytic op features: predicts ops absent from the table.
+
+The model is a product of two parts, fitted in order:
+
+1. an analytic *base* cost, ``c_kind + a·dense_flops + b·depthwise_flops + c·act_bytes + d·weight_bytes``
+   with non-negative coefficients (NNLS on relative error), which scales sensibly to ops larger or
+   smaller than any seen (trees alone cannot extrapolate);
+2. xgboost on the op features, learning ``log(measured / base)`` — the efficiency the base misses
+   (cache effects, vectorisation, per-kernel overheads).
+
+``base_model="none"`` drops part 1 (plain log-latency regression).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from latbench.errors import LatbenchError
+from latbench.features import FEATURE_NAMES, op_features
+from latbench.ops import OpSpec
+from predictors.base import BasePredictor, OpData, register_predictor
+
+log = logging.getLogger(__name__)
+
+_KIND_COLS = ("is_stem", "is_mbconv", "is_feature_mix", "is_logits")
+BASE_TERMS = _KIND_COLS + ("dense_flops", "flops_depthwise", "act_bytes", "weight_bytes")
+
+
+def feature_matrix(ops: Sequence[OpSpec]) -> np.ndarray:
+    """Rows of :data:`latbench.features.FEATURE_NAMES` for ``ops`` (recomputed from the specs)."""
+    return np.array([[op_features(op)[n] for n in FEATURE_NAMES] for op in ops], dtype=float).reshape(
+        len(ops), len(FEATURE_NAMES))
+
+
+def _base_design(F: np.ndarray) -> np.ndarray:
+    col = {n: F[:, i] for i, n in enumerate(FEATURE_NAMES)}
+    dense = col["flops"] - col["flops_depthwise"]
+    return np.stack([col[n] if n != "dense_flops" else dense for n in BASE_TERMS], axis=1)
+
+
+@register_predictor
+class GBDTPredictor(BasePredictor):
+    """xgboost regression of op latency on op features; architecture latency = Σ op predictions.
+
+    Parameters are xgboost's (CPU ``hist`` trees) plus ``base_model`` ("linear" or "none").
+    """
+
+    kind = "gbdt"
+
+    def __init__(self, n_estimators: int = 400, max_depth: int = 4, learning_rate: float = 0.05,
+                 subsample: float = 0.9, colsample_bytree: float = 0.9, min_child_weight: float = 1.0,
+                 reg_lambda: float = 1.0, base_model: str = "linear", n_jobs: int = 2,
+                 random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.min_child_weight = min_child_weight
+        self.reg_lambda = reg_lambda
+        self.base_model = base_model
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _xgb_params(self) -> dict[str, Any]:
+        return {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": int(self.max_depth),
+                "eta": float(self.learning_rate), "subsample": float(self.subsample),
+                "colsample_bytree": float(self.colsample_bytree),
+                "min_child_weight": float(self.min_child_weight), "lambda": float(self.reg_lambda),
+                "nthread": int(self.n_jobs), "seed": int(self.random_state), "verbosity": 0}
+
+    def _fit_ops(self, data: OpData) -> None:
+        import xgboost as xgb
+
+        if self.base_model not in ("linear", "none"):
+            raise LatbenchError(f"base_model must be 'linear' or 'none', got {self.base_model!r}")
+        if len(data.ops) < 2:
+            raise LatbenchError(f"GBDTPredictor needs at least 2 measured ops, got {len(data.ops)}")
+        F = feature_matrix(data.ops)
+        y = np.log(data.ms)
+        self.base_coef_ = self._fit_base(F, data.ms) if self.base_model == "linear" else []
+        target = y - np.log(self._base(F))
+        dtrain = xgb.DMatrix(F, label=target, feature_names=list(FEATURE_NAMES))
+        self.booster_ = xgb.train(self._xgb_params(), dtrain, num_boost_round=int(self.n_estimators))
+        self.train_rmse_log_ = float(np.sqrt(np.mean((self.booster_.predict(dtrain) - target) ** 2)))
+
+    def _fit_base(self, F: np.ndarray, ms: np.ndarray) -> list[float]:
+        from scipy.optimize import nnls
+
+        X = _base_design(F)
+        scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)  # conditioning
+        A = (X / scale) / ms[:, None]  # relative error: (X·c)/y ≈ 1
+        coef, _ = nnls(A, np.ones(len(ms)))
+        coef = coef / scale
+        if not np.any(coef > 0):
+            raise LatbenchError("the linear base model of GBDTPredictor came out all zero; "
+                                "use base_model='none'")
+        return [float(c) for c in coef]
+
+    def _base(self, F: np.ndarray) -> np.ndarray:
+        if not self.base_coef_:
+            return np.ones(len(F))
+        b = _base_design(F) @ np.asarray(self.base_coef_)
+        return np.maximum(b, 1e-6)  # a kind never seen with zero flops must not give log(0)
+
+    def _raw_op_ms(self, ops: Sequence[OpSpec]) -> np.ndarray:
+        import xgboost as xgb
+
+        if not ops:
+            return np.zeros(0)
+        F = feature_matrix(ops)
+        corr = self.booster_.predict(xgb.DMatrix(F, feature_names=list(FEATURE_NAMES)))
+        return self._base(F) * np.exp(corr.astype(float))
+
+    # -- state ----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"model_ubj": bytes(self.booster_.save_raw(raw_format="ubj")),
+                "feature_names": list(FEATURE_NAMES), "base_terms": list(BASE_TERMS),
+                "base_coef": [float(c) for c in self.base_coef_],
+                "train_rmse_log": float(self.train_rmse_log_)}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        import xgboost as xgb
+
+        if list(state.get("feature_names", [])) != list(FEATURE_NAMES) or \
+                list(state.get("base_terms", [])) != list(BASE_TERMS):
+            raise LatbenchError("this GBDT predictor was trained on other op features than this latbench "
+                                "computes; refit it with `latbench fit-predictor --kind xgb`")
+        raw = state.get("model_ubj")
+        if not isinstance(raw, bytes):
+            raise LatbenchError("GBDT state has no xgboost model bytes")
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(raw))
+        except xgb.core.XGBoostError as e:
+            raise LatbenchError(f"the xgboost model in the file is corrupt: {str(e).splitlines()[0]}") from None
+        self.booster_ = booster
+        self.base_coef_ = [float(c) for c in state.get("base_coef", [])]
+        self.train_rmse_log_ = float(state.get("train_rmse_log", float("nan")))
