@@ -1,0 +1,511 @@
+"""Adapt a proxy device's latency predictions to a target device from a few target samples.
+
+The idea ("One Proxy Device Is Enough", SIGMETRICS 2022): architecture latency rankings carry
+over between devices, so a proxy's predictions need only a cheap correction. :class:`ProxyAdapter`
+learns, from k measured target architectures,
+
+1. a monotone map of the proxy's predictions, in log space: ``linear`` (a power law
+   ``t = e^b · p^a``, strictly monotone, so it keeps the proxy's ranking and fixes the scale) or
+   ``isotonic`` (a fitted non-decreasing step curve, extrapolated linearly, ties broken by the
+   proxy), and
+2. optionally an xgboost model of the remaining log-residual on architecture features (which is
+   what can change the ranking).
+
+:func:`adaptation_curve` compares, on the target entries not used for fitting, the raw proxy,
+the mapped proxy, mapped proxy + residual, and xgboost trained from scratch on the same k samples.
+
+Features: NAS-Bench-201 cells (``arch_str``) give op counts per type, counts of ops on live paths
+and per-edge one-hot (:func:`nb201_features`); our ProxylessNAS :class:`~latbench.space.Arch` give
+summed op features plus per-layer kernel/expand (:func:`arch_features`).
+
+Files: :func:`save_adapter` writes plain data (dicts, lists, floats, str, the xgboost model as raw
+UBJSON bytes) with pickle; :func:`load_adapter` reads it with an unpickler that refuses every
+class, so loading a file cannot execute code. (Written here because ``predictors/io.py`` did not
+exist when this module was written; the format rules are the same.)
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from latbench.errors import LatbenchError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "latbench.adapted-proxy"
+FORMAT_VERSION = 1
+MAPPINGS = ("linear", "isotonic")
+RESIDUALS = ("xgboost", "none")
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
+
+#: Default xgboost settings for k of 5..50 samples: shallow trees, strong shrinkage.
+XGB_PARAMS: dict[str, Any] = {
+    "n_estimators": 150, "max_depth": 2, "learning_rate": 0.08, "min_child_weight": 1.0,
+    "subsample": 1.0, "reg_lambda": 1.0, "n_jobs": 1, "tree_method": "hist",
+}
+
+
+class AdaptError(LatbenchError):
+    """Adaptation cannot run (too few samples, missing column, bad file)."""
+
+
+# --------------------------------------------------------------------------------------------
+# features
+# --------------------------------------------------------------------------------------------
+NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+#: Edges of a NAS-Bench-201 cell as (to_node, from_node), in ``arch_str`` order.
+NB201_EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+NB201_FEATURE_NAMES: tuple[str, ...] = (
+    tuple(f"count_{o}" for o in NB201_OPS) + tuple(f"live_{o}" for o in NB201_OPS)
+    + ("connected",) + tuple(f"e{t}{f}_{o}" for t, f in NB201_EDGES for o in NB201_OPS)
+)
+_NB201_NODE = re.compile(r"([a-z_0-9]+)~(\d+)")
+
+
+def parse_nb201(arch_str: str) -> list[str]:
+    """``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` → the 6 edge ops in :data:`NB201_EDGES` order."""
+    if not isinstance(arch_str, str):
+        raise AdaptError(f"a NAS-Bench-201 cell string is text, got {type(arch_str).__name__}")
+    nodes = arch_str.strip().strip("|").split("|+|")
+    ops: list[str] = []
+    if len(nodes) != 3:
+        raise AdaptError(f"not a NAS-Bench-201 cell string: {arch_str!r} (expected 3 nodes separated by '+')")
+    for to, node in enumerate(nodes, start=1):
+        edges = _NB201_NODE.findall(node)
+        if [int(f) for _, f in edges] != list(range(to)):
+            raise AdaptError(f"not a NAS-Bench-201 cell string: {arch_str!r} (node {to} must list inputs 0..{to - 1})")
+        for op, _ in edges:
+            if op not in NB201_OPS:
+                raise AdaptError(f"unknown NAS-Bench-201 op {op!r} in {arch_str!r}; known: {', '.join(NB201_OPS)}")
+            ops.append(op)
+    return ops
+
+
+def nb201_features(arch_str: str) -> np.ndarray:
+    """Features of a NAS-Bench-201 cell: op counts, counts of ops on a live input→output path,
+    whether the output is connected, and a one-hot op per edge (:data:`NB201_FEATURE_NAMES`)."""
+    ops = parse_nb201(arch_str)
+    edge_op = dict(zip(NB201_EDGES, ops))
+    fwd = {0}  # nodes reachable from the input through non-'none' edges
+    for to in (1, 2, 3):
+        if any(edge_op[(to, f)] != "none" and f in fwd for f in range(to)):
+            fwd.add(to)
+    bwd = {3}  # nodes that reach the output
+    for frm in (2, 1, 0):
+        if any(edge_op[(t, frm)] != "none" and t in bwd for t in range(frm + 1, 4)):
+            bwd.add(frm)
+    counts = [ops.count(o) for o in NB201_OPS]
+    live = [0] * len(NB201_OPS)
+    for (t, f), o in edge_op.items():
+        if o != "none" and f in fwd and t in bwd:
+            live[NB201_OPS.index(o)] += 1
+    onehot = [1.0 if edge_op[e] == o else 0.0 for e in NB201_EDGES for o in NB201_OPS]
+    return np.array(counts + live + [float(3 in fwd)] + onehot, dtype=float)
+
+
+def arch_features(arch: Any) -> np.ndarray:
+    """Features of a ProxylessNAS :class:`~latbench.space.Arch`: summed FLOPs/params/bytes of its
+    ops, resolution, width, and per searchable layer its kernel and expand (0 for ``zero``)."""
+    from latbench.features import op_features
+    from latbench.space import ZERO, parse_candidate
+
+    tot = {"flops": 0.0, "params": 0.0, "weight_bytes": 0.0, "act_bytes": 0.0, "flops_depthwise": 0.0}
+    for op in arch.op_specs:
+        f = op_features(op)
+        for k in tot:
+            tot[k] += f[k]
+    per_layer: list[float] = []
+    for name in arch.ops:
+        k, e = (0, 0) if name == ZERO else parse_candidate(name)
+        per_layer += [float(k), float(e)]
+    head = [math.log(tot["flops"]), math.log(tot["params"]), math.log(tot["weight_bytes"]),
+            math.log(tot["act_bytes"]), math.log(max(tot["flops_depthwise"], 1.0)),
+            float(arch.resolution), float(arch.width_mult), float(sum(o != ZERO for o in arch.ops))]
+    return np.array(head + per_layer, dtype=float)
+
+
+def features_for(ids: Sequence[str], kind: str) -> np.ndarray:
+    """Feature matrix of entries: ``nb201`` (ids are cell strings) or ``arch`` (ids are arch JSON)."""
+    if kind == "nb201":
+        return np.vstack([nb201_features(s) for s in ids])
+    if kind == "arch":
+        import json
+
+        from latbench.space import Arch
+
+        return np.vstack([arch_features(Arch.from_dict(json.loads(s))) for s in ids])
+    raise AdaptError(f"unknown feature kind {kind!r}; use 'nb201' or 'arch'")
+
+
+def detect_feature_kind(ids: Sequence[str]) -> str | None:
+    """``nb201`` when the ids look like NAS-Bench-201 cell strings, else ``None``."""
+    sample = [s for s in list(ids)[:20]]
+    try:
+        for s in sample:
+            parse_nb201(s)
+    except AdaptError:
+        return None
+    return "nb201" if sample else None
+
+
+# --------------------------------------------------------------------------------------------
+# the adapter
+# --------------------------------------------------------------------------------------------
+def _xgb(params: dict[str, Any], seed: int):
+    from xgboost import XGBRegressor
+
+    return XGBRegressor(random_state=seed, **params)
+
+
+class ProxyAdapter:
+    """Map a proxy device's latency (predicted or measured) to a target device.
+
+    Parameters
+    ----------
+    mapping : ``"linear"`` (power law in log space) or ``"isotonic"``.
+    residual : ``"xgboost"`` (log-residual model on features) or ``"none"``.
+    xgb_params : overrides of :data:`XGB_PARAMS`.
+    seed : xgboost seed.
+    """
+
+    def __init__(self, mapping: str = "linear", residual: str = "xgboost",
+                 xgb_params: dict[str, Any] | None = None, seed: int = 0) -> None:
+        self.mapping = mapping
+        self.residual = residual
+        self.xgb_params = xgb_params
+        self.seed = seed
+
+    def _check(self) -> None:
+        if self.mapping not in MAPPINGS:
+            raise AdaptError(f"unknown mapping {self.mapping!r}; use one of {', '.join(MAPPINGS)}")
+        if self.residual not in RESIDUALS:
+            raise AdaptError(f"unknown residual model {self.residual!r}; use one of {', '.join(RESIDUALS)}")
+
+    def fit(self, proxy_ms: np.ndarray, target_ms: np.ndarray, features: np.ndarray | None = None) -> "ProxyAdapter":
+        """Fit from k pairs (proxy latency, measured target latency) and the entries' features."""
+        self._check()
+        p = np.asarray(proxy_ms, dtype=float)
+        t = np.asarray(target_ms, dtype=float)
+        if p.shape != t.shape or p.ndim != 1:
+            raise AdaptError(f"proxy and target latencies must be 1-D of equal length, got {p.shape} and {t.shape}")
+        if len(p) < 2:
+            raise AdaptError(f"adaptation needs at least 2 target samples, got {len(p)}")
+        if not (np.all(np.isfinite(p) & (p > 0)) and np.all(np.isfinite(t) & (t > 0))):
+            raise AdaptError("adaptation samples must be finite positive latencies (drop -1/NaN entries first)")
+        x, y = np.log(p), np.log(t)
+        # Linear map in log space; a non-positive slope (noise at tiny k) falls back to a pure scale.
+        if np.ptp(x) > 0:
+            a, b = np.polyfit(x, y, 1)
+        else:
+            a, b = 1.0, float(np.mean(y - x))
+        if not a > 0:
+            a, b = 1.0, float(np.mean(y - x))
+        self.slope_, self.intercept_ = float(a), float(b)
+        self.iso_x_: list[float] = []
+        self.iso_y_: list[float] = []
+        if self.mapping == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y)
+            self.iso_x_ = [float(v) for v in iso.X_thresholds_]
+            self.iso_y_ = [float(v) for v in iso.y_thresholds_]
+        self.n_samples_ = int(len(p))
+        self.booster_raw_: bytes | None = None
+        self.n_features_ = 0 if features is None else int(np.asarray(features).shape[1])
+        self._model = None
+        if self.residual == "xgboost":
+            if features is None:
+                raise AdaptError("residual='xgboost' needs features of the samples; use residual='none'")
+            Z = self._design(x, features)
+            r = y - self._map(x)
+            model = _xgb({**XGB_PARAMS, **(self.xgb_params or {})}, self.seed).fit(Z, r)
+            self._model = model
+            self.booster_raw_ = bytes(model.get_booster().save_raw(raw_format="ubj"))
+        return self
+
+    @staticmethod
+    def _design(logp: np.ndarray, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=float)
+        return np.column_stack([logp, f])
+
+    def _map(self, x: np.ndarray) -> np.ndarray:
+        lin = self.slope_ * x + self.intercept_
+        if self.mapping != "isotonic" or not self.iso_x_:
+            return lin
+        xs, ys = np.asarray(self.iso_x_), np.asarray(self.iso_y_)
+        out = np.interp(x, xs, ys)
+        # Outside the samples' range continue with the linear slope instead of clipping flat.
+        out = np.where(x < xs[0], ys[0] + self.slope_ * (x - xs[0]), out)
+        out = np.where(x > xs[-1], ys[-1] + self.slope_ * (x - xs[-1]), out)
+        # Break the step curve's ties by the proxy's own order (tiny, keeps the map monotone).
+        return out + 1e-6 * self.slope_ * (x - xs.mean())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "slope_"):
+            raise AdaptError("this adapter is not fitted; call fit() or load a saved one")
+
+    def predict_mapped(self, proxy_ms: np.ndarray) -> np.ndarray:
+        """Target latency (ms) from the monotone map alone (keeps the proxy's ranking)."""
+        self._check_fitted()
+        p = np.asarray(proxy_ms, dtype=float)
+        return np.exp(self._map(np.log(np.maximum(p, 1e-12))))
+
+    def predict(self, proxy_ms: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """Target latency (ms): monotone map plus, if fitted, the xgboost residual."""
+        self._check_fitted()
+        p = np.asarray(proxy_ms, dtype=float)
+        x = np.log(np.maximum(p, 1e-12))
+        y = self._map(x)
+        if self.residual == "xgboost":
+            if features is None:
+                raise AdaptError("this adapter has a residual model; pass the entries' features to predict()")
+            f = np.asarray(features, dtype=float)
+            if f.ndim != 2 or f.shape[1] != self.n_features_:
+                raise AdaptError(f"expected {self.n_features_} features per entry, got shape {f.shape}")
+            y = y + self._booster().predict(self._design(x, f))
+        return np.exp(y)
+
+    def _booster(self):
+        if self._model is None:
+            model = _xgb({**XGB_PARAMS, **(self.xgb_params or {})}, self.seed)
+            model.load_model(bytearray(self.booster_raw_ or b""))
+            self._model = model
+        return self._model
+
+    # -- plain-data state ------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The fitted adapter as plain data (for :func:`save_adapter`)."""
+        self._check_fitted()
+        return {
+            "params": {"mapping": self.mapping, "residual": self.residual,
+                       "xgb_params": dict(self.xgb_params or {}), "seed": int(self.seed)},
+            "slope": self.slope_, "intercept": self.intercept_, "iso_x": list(self.iso_x_),
+            "iso_y": list(self.iso_y_), "n_samples": self.n_samples_, "n_features": self.n_features_,
+            "booster_ubj": self.booster_raw_,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ProxyAdapter":
+        """Rebuild a fitted adapter from :meth:`get_state` data."""
+        try:
+            self = cls(**state["params"])
+            self._check()
+            self.slope_, self.intercept_ = float(state["slope"]), float(state["intercept"])
+            self.iso_x_, self.iso_y_ = list(state["iso_x"]), list(state["iso_y"])
+            self.n_samples_, self.n_features_ = int(state["n_samples"]), int(state["n_features"])
+            self.booster_raw_ = state["booster_ubj"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdaptError(f"adapter state is incomplete or malformed ({e.__class__.__name__}: {e})") from None
+        self._model = None
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# safe files
+# --------------------------------------------------------------------------------------------
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads only pickle's built-in plain types (dict, list, tuple, str, bytes, numbers, None)."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        raise AdaptError(f"refusing to load {module}.{name}: adapter files hold plain data only")
+
+
+def _plain(obj: Any) -> Any:
+    """Check that ``obj`` is plain data (and convert numpy scalars)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    raise TypeError(f"cannot store {type(obj).__name__} in an adapter file")
+
+
+def save_adapter(path: str | Path, adapter: ProxyAdapter, meta: dict[str, Any] | None = None) -> Path:
+    """Write a fitted adapter (and ``meta``: proxy, target, feature kind, samples …) as plain data."""
+    path = Path(path)
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, "state": adapter.get_state(), "meta": meta or {}}
+    data = pickle.dumps(_plain(doc), protocol=4)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as e:
+        raise AdaptError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def load_adapter(path: str | Path) -> tuple[ProxyAdapter, dict[str, Any]]:
+    """Read an adapter file written by :func:`save_adapter`; returns ``(adapter, meta)``."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise AdaptError(f"cannot read adapter file {path}: {e.strerror or e}") from None
+    try:
+        doc = _PlainUnpickler(io.BytesIO(raw)).load()
+    except AdaptError:
+        raise
+    except Exception as e:
+        raise AdaptError(f"{path} is not an adapter file ({e.__class__.__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise AdaptError(f"{path} is not a latbench adapter file (format {doc.get('format') if isinstance(doc, dict) else '?'})")
+    if doc.get("version") != FORMAT_VERSION:
+        raise AdaptError(f"{path}: adapter file version {doc.get('version')} is not supported (expected {FORMAT_VERSION})")
+    return ProxyAdapter.from_state(doc["state"]), doc.get("meta", {})
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------
+def accuracy_within(pred: np.ndarray, true: np.ndarray, band: float = 0.10) -> float:
+    """Share of predictions within ±``band`` of the measured latency."""
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    return float(np.mean(np.abs(pred - true) <= band * true))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+@dataclass
+class AdaptData:
+    """Aligned entries usable for adaptation: ids, proxy latency, target latency, features."""
+
+    ids: np.ndarray
+    proxy: np.ndarray
+    target: np.ndarray
+    features: np.ndarray | None
+    proxy_name: str = "proxy"
+    target_name: str = "target"
+
+    @classmethod
+    def build(cls, ids: Sequence[str], proxy: Sequence[float], target: Sequence[float],
+              features: np.ndarray | None, proxy_name: str = "proxy", target_name: str = "target") -> "AdaptData":
+        """Keep only entries with a finite positive latency on both sides."""
+        p, t = np.asarray(proxy, dtype=float), np.asarray(target, dtype=float)
+        ok = np.isfinite(p) & (p > 0) & np.isfinite(t) & (t > 0)
+        f = None if features is None else np.asarray(features, dtype=float)[ok]
+        return cls(np.asarray(ids)[ok], p[ok], t[ok], f, proxy_name, target_name)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_k(k: int, data: AdaptData) -> None:
+    """One clear error when k is not usable with ``data``."""
+    if k < 2:
+        raise AdaptError(f"--k must be at least 2 (a map needs two points), got {k}")
+    if k > len(data):
+        raise AdaptError(f"k={k} is larger than the {len(data)} entries where both {data.proxy_name!r} and "
+                         f"{data.target_name!r} have a valid latency; use --k {len(data)} or fewer")
+
+
+def evaluate_once(data: AdaptData, k: int, rng: np.random.Generator, mapping: str = "linear",
+                  residual: str = "xgboost", seed: int = 0) -> list[dict[str, Any]]:
+    """Draw k samples, fit, and score every method on the remaining entries."""
+    n = len(data)
+    idx = rng.permutation(n)
+    tr, te = idx[:k], idx[k:]
+    t_te = data.target[te]
+    preds: dict[str, np.ndarray] = {"proxy (raw)": data.proxy[te]}
+    mapped = ProxyAdapter(mapping, "none", seed=seed).fit(data.proxy[tr], data.target[tr])
+    preds[f"proxy + {mapping} map"] = mapped.predict_mapped(data.proxy[te])
+    if data.features is not None and residual == "xgboost":
+        ad = ProxyAdapter(mapping, "xgboost", seed=seed).fit(data.proxy[tr], data.target[tr], data.features[tr])
+        preds[f"proxy + {mapping} map + xgb residual"] = ad.predict(data.proxy[te], data.features[te])
+        scratch = _xgb(XGB_PARAMS, seed).fit(data.features[tr], np.log(data.target[tr]))
+        preds["xgboost from scratch"] = np.exp(scratch.predict(data.features[te]))
+    rows = []
+    for method, p in preds.items():
+        rows.append({"k": k, "method": method, "spearman": _spearman(p, t_te),
+                     "acc10": accuracy_within(p, t_te, 0.10),
+                     "mape": float(np.mean(np.abs(p - t_te) / t_te)), "n_eval": int(len(te))})
+    return rows
+
+
+def adaptation_curve(data: AdaptData, ks: Iterable[int] = DEFAULT_KS, repeats: int = 5, seed: int = 0,
+                     mapping: str = "linear", residual: str = "xgboost") -> pd.DataFrame:
+    """Scores of raw proxy / mapped / mapped + residual / from scratch per k, over ``repeats``
+    random draws of the k samples; one row per (k, repeat, method). k values that leave fewer
+    than 3 entries to evaluate on are skipped (logged)."""
+    rows: list[dict[str, Any]] = []
+    for k in ks:
+        check_k(k, data)
+        if len(data) - k < 3:
+            log.warning("k=%d leaves %d entries to evaluate on; skipped", k, len(data) - k)
+            continue
+        for r in range(repeats):
+            rng = np.random.default_rng([seed, k, r])
+            for row in evaluate_once(data, k, rng, mapping, residual, seed):
+                rows.append({**row, "repeat": r})
+    return pd.DataFrame(rows)
+
+
+def summarize(curve: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over repeats per (k, method)."""
+    if curve.empty:
+        return curve
+    g = curve.groupby(["k", "method"], sort=False)
+    out = g[["spearman", "acc10", "mape"]].mean()
+    out = out.join(g[["spearman", "acc10"]].std(ddof=0).add_suffix("_std"))
+    out["repeats"] = g.size()
+    out["n_eval"] = g["n_eval"].first()
+    return out.reset_index()
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The curve as a text table: one row per k, Spearman and ±10 % accuracy per method."""
+    if summary.empty:
+        return "(no k left enough entries to evaluate)"
+    methods = list(dict.fromkeys(summary["method"]))
+    w = max(len(m) for m in methods) + 2
+    lines = [f"{'method':<{w}}" + "".join(f"{'k=' + str(k):>22}" for k in sorted(summary["k"].unique()))]
+    for m in methods:
+        cells = []
+        for k in sorted(summary["k"].unique()):
+            r = summary[(summary["k"] == k) & (summary["method"] == m)]
+            if r.empty:
+                cells.append(f"{'-':>22}")
+            else:
+                r = r.iloc[0]
+                cells.append(f"{'rho ' + format(r.spearman, '.3f') + ' acc ' + format(r.acc10, '4.0%'):>22}")
+        lines.append(f"{m:<{w}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# data from tables
+# --------------------------------------------------------------------------------------------
+def data_from_wide(matrix: pd.DataFrame, proxy: str, target: str,
+                   feature_kind: str | None = "auto") -> AdaptData:
+    """Adaptation data from a latency matrix (rows = ids, columns = devices): the proxy column is
+    the "proxy predictor" (a lookup). Features come from the ids when they are NB-201 cells."""
+    for name, role in ((proxy, "proxy"), (target, "target")):
+        if name not in matrix.columns:
+            raise AdaptError(f"{role} device column {name!r} missing; columns are: {', '.join(map(str, matrix.columns))}")
+    if proxy == target:
+        raise AdaptError(f"proxy and target are the same column {proxy!r}; pick two devices")
+    ids = np.asarray(matrix.index.astype(str))
+    kind = detect_feature_kind(ids) if feature_kind == "auto" else feature_kind
+    data = AdaptData.build(ids, matrix[proxy].to_numpy(), matrix[target].to_numpy(), None, proxy, target)
+    if kind:
+        data.features = features_for(list(data.ids), kind)
+    else:
+        log.info("ids are not NAS-Bench-201 cells: no features, so no residual model or from-scratch baseline")
+    return data

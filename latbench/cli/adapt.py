@@ -1,0 +1,150 @@
+"""``latbench adapt``: adapt a proxy device's predictor to a target device from k measured samples."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt", help="adapt a proxy device's predictor to a target device from k samples",
+        description="Fit a monotone (linear or isotonic, in log space) map of a proxy's latency predictions plus an "
+                    "xgboost residual model on architecture features from k measured target architectures, save it, "
+                    "and report on the remaining target entries Spearman and ±10%% accuracy of the raw proxy, the "
+                    "adapted proxy and xgboost trained from scratch on the same k samples, for k in --eval-k. "
+                    "The proxy is a predictor file (--proxy; the samples table needs an 'arch' JSON column) or a "
+                    "device column of a wide table (--proxy-column, e.g. the published NAS-Bench-201 latencies).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--proxy", metavar="PREDICTOR", help="proxy predictor file (.pkl from `latbench fit-predictor`)")
+    src.add_argument("--proxy-column", metavar="DEVICE", help="proxy device column of the (wide) samples table")
+    p.add_argument("--samples", required=True, metavar="TABLE",
+                   help="target measurements: our arch table (key/arch/device/median_ms) or a wide table")
+    p.add_argument("--target", default=None, metavar="DEVICE",
+                   help="target device (column of a wide table, or device of a long table; default: the only one)")
+    p.add_argument("--id-column", default=None, help="id column of a wide table (default: auto)")
+    p.add_argument("--k", type=int, default=10, help="target samples to fit the saved adapter on (default 10)")
+    p.add_argument("--out", default=None, metavar="PKL", help="write the adapted model here (plain-data .pkl)")
+    p.add_argument("--mapping", choices=("linear", "isotonic"), default="linear",
+                   help="monotone map of the proxy's log-latency (default linear = power law)")
+    p.add_argument("--residual", choices=("xgboost", "none"), default="xgboost",
+                   help="residual model on features (default xgboost; 'none' keeps the proxy's ranking)")
+    p.add_argument("--eval-k", default="5,10,20,50", help="k values of the comparison (default 5,10,20,50; '' = none)")
+    p.add_argument("--repeats", type=int, default=5, help="random draws of the k samples per k (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample draws")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def _data_from_predictor(args: argparse.Namespace):
+    from latbench.adapt import AdaptData, AdaptError, features_for
+    from latbench.analysis import is_long, read_any
+
+    try:
+        from predictors import load_predictor
+    except ImportError as e:  # pragma: no cover - the predictors package ships with latbench
+        raise AdaptError(f"cannot import the predictors package ({e}); use --proxy-column instead") from None
+    pred = load_predictor(args.proxy)
+    df = read_any(args.samples)
+    if "arch" not in df.columns:
+        raise AdaptError(f"{args.samples}: no 'arch' column (architecture JSON); --proxy needs an architecture "
+                         "table such as DIR/<device>/archs-<backend>.parquet")
+    if is_long(df):
+        devices = sorted(df["device"].astype(str).unique())
+        target = args.target or (devices[0] if len(devices) == 1 else None)
+        if target is None:
+            raise AdaptError(f"{args.samples} holds devices {', '.join(devices)}; choose one with --target")
+        if target not in devices:
+            raise AdaptError(f"target device {target!r} missing from {args.samples}; it has {', '.join(devices)}")
+        df = df[df["device"].astype(str) == target]
+        if "status" in df.columns:
+            df = df[df["status"].fillna("ok") == "ok"]
+        y = df["median_ms"].to_numpy(dtype=float)
+    else:
+        if not args.target:
+            raise AdaptError(f"{args.samples} is a wide table; name the target latency column with --target")
+        if args.target not in df.columns:
+            raise AdaptError(f"target device column {args.target!r} missing from {args.samples}")
+        target, y = args.target, df[args.target].to_numpy(dtype=float)
+    archs = df["arch"].astype(str).tolist()
+    proxy_ms = np.asarray(pred.predict(archs), dtype=float)
+    data = AdaptData.build(archs, proxy_ms, y, None, f"predictor {Path(args.proxy).name}", target)
+    data.features = features_for(list(data.ids), "arch") if len(data) else None
+    return data, {"proxy_kind": "predictor", "proxy": str(args.proxy), "target": target, "feature_kind": "arch"}
+
+
+def _data_from_column(args: argparse.Namespace):
+    from latbench.adapt import AdaptError, data_from_wide
+    from latbench.analysis import is_long, long_to_matrix, read_any, wide_to_matrix
+
+    raw = read_any(args.samples)
+    # A NAS-Bench-201 table: the cell string is the id, so features can be derived from it.
+    id_col = "arch_str" if "arch_str" in raw.columns else args.id_column
+    matrix = long_to_matrix(raw) if is_long(raw) else wide_to_matrix(raw, id_col, None, str(args.samples))
+    target = args.target
+    if target is None:
+        others = [c for c in matrix.columns if c != args.proxy_column]
+        if len(others) != 1:
+            raise AdaptError(f"{args.samples} has {len(others)} device columns besides the proxy; choose the "
+                             "target with --target")
+        target = others[0]
+    data = data_from_wide(matrix, args.proxy_column, target)
+    kind = "nb201" if data.features is not None else None
+    return data, {"proxy_kind": "column", "proxy": args.proxy_column, "target": target, "feature_kind": kind}
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.adapt import (AdaptError, ProxyAdapter, adaptation_curve, check_k, format_summary,
+                                save_adapter, summarize)
+
+    data, meta = _data_from_predictor(args) if args.proxy else _data_from_column(args)
+    check_k(args.k, data)
+    try:
+        eval_ks = [int(x) for x in args.eval_k.split(",") if x.strip()] if args.eval_k else []
+    except ValueError:
+        raise AdaptError(f"--eval-k must be comma-separated integers, got {args.eval_k!r}") from None
+    too_big = [k for k in eval_ks if k > len(data) - 3]
+    if too_big:
+        log.warning("skipping --eval-k %s: only %d entries (need k + 3)", too_big, len(data))
+    eval_ks = [k for k in eval_ks if k <= len(data) - 3]
+    if args.repeats < 1:
+        raise AdaptError(f"--repeats must be >= 1, got {args.repeats}")
+
+    residual = args.residual if data.features is not None else "none"
+    if residual != args.residual:
+        log.warning("no features for these ids (not NAS-Bench-201 cells or arch JSON): fitting the map only")
+    rng = np.random.default_rng(args.seed)
+    pick = rng.permutation(len(data))[: args.k]
+    adapter = ProxyAdapter(args.mapping, residual, seed=args.seed).fit(
+        data.proxy[pick], data.target[pick], None if data.features is None else data.features[pick])
+    result: dict = {**meta, "k": args.k, "n_available": len(data), "mapping": args.mapping, "residual": residual,
+                    "slope": adapter.slope_, "intercept": adapter.intercept_}
+    if args.out:
+        meta_file = {**meta, "k": args.k, "samples": str(args.samples), "sample_ids": [str(i) for i in data.ids[pick]],
+                     "mapping": args.mapping, "residual": residual}
+        save_adapter(args.out, adapter, meta_file)
+        result["out"] = str(args.out)
+    summary = None
+    if eval_ks:
+        curve = adaptation_curve(data, eval_ks, repeats=args.repeats, seed=args.seed, mapping=args.mapping,
+                                 residual=residual)
+        summary = summarize(curve)
+        result["curve"] = json.loads(summary.to_json(orient="records"))
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"proxy: {meta['proxy']} ({meta['proxy_kind']})  target: {meta['target']}  "
+          f"entries with both: {len(data)}")
+    print(f"adapter: {args.mapping} map in log space (slope {adapter.slope_:.3f}, intercept {adapter.intercept_:.3f})"
+          f"{' + xgboost residual' if residual == 'xgboost' else ''}, fitted on k={args.k} samples")
+    if summary is not None:
+        print(f"\nheld-out entries, mean over {args.repeats} draws (rho = Spearman, acc = within ±10%):")
+        print(format_summary(summary))
+    if args.out:
+        print(f"\nsaved: {args.out}")
+    return 0
