@@ -153,13 +153,17 @@ def adaptation_curve(summary: pd.DataFrame, title: str, metric: str = "spearman"
                      path: str | Path | None = None) -> bytes:
     """``metric`` vs k for each method (``summary`` has columns k, method, metric, metric_std)."""
     fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    from matplotlib.ticker import NullFormatter
+
     for method, g in summary.groupby("method", sort=False):
         g = g.sort_values("k")
         std = g.get(f"{metric}_std")
-        ax.errorbar(g["k"], g[metric], yerr=None if std is None else std, marker="o", capsize=3, label=method)
+        ax.errorbar(g["k"], g[metric], yerr=None if std is None else std, marker="o", capsize=3, label=method,
+                    linestyle="--" if "raw" in str(method) else "-")
     ax.set_xscale("log")
     ks = sorted(summary["k"].unique())
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("k target samples")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
