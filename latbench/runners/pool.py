@@ -1,0 +1,258 @@
+"""A device pool: time ops on every server of a tracker key in parallel.
+
+One worker thread per server, each holding one RPC session (so each server times one op at a
+time). Workers take ops from a shared queue. When a server dies or an op times out, its op goes
+back on the queue for another server; the worker drops its session and asks the tracker for a
+new one. A supervisor loop adds workers when more servers register than there are workers, and
+raises :class:`DeviceError` when ops remain but no server is left. Rows already recorded stay.
+
+Each row's ``server`` is the ``host:port`` the tracker handed out (the same address
+``latbench tracker status`` lists).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from latbench.artifacts import Artifact
+from latbench.devices import Device
+from latbench.errors import DeviceError
+from latbench.runners.rpc import RPCTimeout, call_with_timeout, first_line, is_link_error, port_is_open
+from latbench.runners.session import SessionRunner
+from latbench.runners.tracker import (CODE_SUCCESS, RPC_TRACKER_MAGIC, _recvall, _recvjson, _sendjson,
+                                      servers_of, tracker_summary)
+
+log = logging.getLogger(__name__)
+
+Record = Callable[[str, dict[str, Any]], None]
+
+#: Tracker request code (tvm/rpc/base.py TrackerCode.REQUEST).
+CODE_REQUEST = 4
+#: How often the supervisor looks at the tracker for new servers / finished work (s).
+POLL_S = 1.0
+#: An op is tried on at most this many servers before it is recorded as an error.
+MAX_TIMEOUTS = 2
+MAX_LINK_LOSSES = 3
+
+
+def request_server(host: str, port: int, key: str, timeout: float) -> tuple[str, int, str]:
+    """Ask the tracker for a free server of ``key``: ``(host, port, matchkey)``.
+
+    TVM's ``TrackerSession.request`` blocks forever when no server is free; here the socket has a
+    timeout, and closing it on timeout tells the tracker to drop the pending request (its callback
+    then fails and the server stays free for others).
+    """
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)) as s:
+            s.settimeout(timeout)
+            s.sendall(RPC_TRACKER_MAGIC.to_bytes(4, "little", signed=True))
+            if int.from_bytes(_recvall(s, 4), "little", signed=True) != RPC_TRACKER_MAGIC:
+                raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
+            _sendjson(s, [CODE_REQUEST, key, "", 1])
+            reply = _recvjson(s)
+    except socket.timeout:
+        raise RPCTimeout(f"no free '{key}' server from tracker {host}:{port} within {timeout:g} s") from None
+    except DeviceError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"lost the RPC tracker at {host}:{port} ({exc.__class__.__name__}: {exc})") from None
+    if not (isinstance(reply, list) and reply[0] == CODE_SUCCESS):
+        raise DeviceError(f"tracker {host}:{port} refused the request for '{key}': {reply!r}")
+    url, sport, matchkey = reply[1]
+    return url, int(sport), matchkey
+
+
+@dataclass
+class _Item:
+    key: str
+    art: Artifact
+    timeouts: int = 0
+    losses: int = 0
+    last_error: str = ""
+
+
+class PoolRunner:
+    """Time artifacts over all servers of the device's tracker key (same interface as SessionRunner)."""
+
+    def __init__(self, device: Device) -> None:
+        if device.rpc.mode != "tracker" or not device.rpc.key:
+            raise DeviceError(f"device {device.name!r}: the pool needs rpc mode 'tracker' and an rpc.key")
+        self.device = device
+        self.rpc = device.rpc
+        self._lock = threading.Lock()
+        self._queue: "queue.Queue[_Item]" = queue.Queue()
+        self._stop = threading.Event()
+        self._workers: dict[int, threading.Thread] = {}
+        self._next_id = 0
+        self._pending = 0  # items not yet recorded
+        self.servers_used: set[str] = set()
+        self.stats: dict[str, int] = {"requeued": 0, "sessions": 0}
+
+    # -- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> "PoolRunner":
+        self._check_tracker()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _check_tracker(self) -> list[str]:
+        """The servers registered under the key; a one-line DeviceError if none (or no tracker)."""
+        r = self.rpc
+        if not port_is_open(r.host, r.port, min(r.connect_timeout, 5.0)):
+            raise DeviceError(f"no RPC tracker at {r.host}:{r.port} for device {self.device.name!r}; start one "
+                              f"with `latbench tracker start --port {r.port}`")
+        servers = servers_of(tracker_summary(r.host, r.port, r.connect_timeout), r.key)
+        if not servers:
+            raise DeviceError(
+                f"tracker {r.host}:{r.port} has no server with key '{r.key}' for device {self.device.name!r}; "
+                f"start one (`latbench device start {self.device.name}`, or python -m tvm.exec.rpc_server "
+                f"--tracker {r.host}:{r.port} --key {r.key})")
+        return servers
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self, items: Sequence[tuple[str, Artifact]], record: Record, progress: bool = True) -> None:
+        """Time every item exactly once (a row each) over the pool; see the module docstring."""
+        from latbench.progress import bar
+
+        if not items:
+            return
+        self._pending = len(items)
+        for key, art in items:
+            self._queue.put(_Item(key, art))
+        errors: list[BaseException] = []
+        pbar = bar(total=len(items), desc=f"measure {self.device.name} (pool)", enabled=progress)
+
+        def done(item: _Item, result: dict[str, Any]) -> None:
+            with self._lock:
+                try:
+                    record(item.key, result)
+                except BaseException as exc:  # e.g. disk full: stop the campaign, keep what is recorded
+                    errors.append(exc)
+                    self._stop.set()
+                self._pending -= 1
+                pbar.update(1)
+
+        self._done = done
+        no_server_since: float | None = None
+        try:
+            while True:
+                with self._lock:
+                    pending = self._pending
+                if pending == 0 or errors:
+                    break
+                live = [t for t in self._workers.values() if t.is_alive()]
+                try:
+                    servers = servers_of(tracker_summary(self.rpc.host, self.rpc.port, self.rpc.connect_timeout),
+                                         self.rpc.key)
+                except DeviceError:
+                    servers = []  # tracker gone: running sessions may still finish their ops
+                for _ in range(len(servers) - len(live)):
+                    self._spawn()
+                if servers or live:
+                    no_server_since = None
+                else:
+                    no_server_since = no_server_since or time.monotonic()
+                    if time.monotonic() - no_server_since > self.rpc.connect_timeout:
+                        raise DeviceError(
+                            f"no '{self.rpc.key}' server left at tracker {self.rpc.address} with {pending} op(s) "
+                            f"to go (finished rows are saved); restart the device servers and rerun to resume")
+                time.sleep(POLL_S)
+        finally:
+            self._stop.set()
+            pbar.close()
+        if errors:
+            raise errors[0]
+
+    def _spawn(self) -> None:
+        wid = self._next_id
+        self._next_id += 1
+        t = threading.Thread(target=self._worker, args=(wid,), name=f"pool-worker-{wid}", daemon=True)
+        self._workers[wid] = t
+        t.start()
+
+    # -- one worker: one session with one server --------------------------------------------------
+    def _connect(self) -> SessionRunner:
+        import tvm.rpc
+
+        r = self.rpc
+        host, port, matchkey = request_server(r.host, r.port, r.key, r.connect_timeout)
+        sess = call_with_timeout(
+            lambda: tvm.rpc.connect(host, port, key=matchkey, session_timeout=int(r.session_timeout)),
+            r.connect_timeout, f"connecting to {host}:{port}")
+        runner = SessionRunner(self.device)
+        runner.session, runner.address = sess, f"{host}:{port}"
+        with self._lock:
+            self.stats["sessions"] += 1
+        return runner
+
+    def _worker(self, wid: int) -> None:
+        runner: SessionRunner | None = None
+        try:
+            while not self._stop.is_set():
+                if runner is None:  # a session first, so that no op waits on a busy tracker
+                    try:
+                        runner = self._connect()
+                    except Exception as exc:  # no free server / server gone: retire
+                        log.info("pool worker %d: no session (%s)", wid, first_line(exc))
+                        return
+                    log.info("pool worker %d: session with %s", wid, runner.address)
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if self._stop.is_set():
+                    self._queue.put(item)
+                    return
+                if not self._time(item, runner):
+                    return  # its server is gone or hung: retire; the supervisor adds workers as needed
+        finally:
+            if runner is not None:
+                runner.session = None
+
+    def _time(self, item: _Item, runner: SessionRunner) -> bool:
+        """Time one item on the worker's server. False if the worker must drop its session."""
+        t = self.device.timing
+        try:
+            res = runner.time_one(item.art)
+        except RPCTimeout:
+            item.timeouts += 1
+            item.last_error = f"timed out after {t.op_timeout:g} s on {runner.address}"
+            log.warning("%s: %s", item.key, item.last_error)
+            if item.timeouts >= MAX_TIMEOUTS:
+                self._done(item, {"status": "error", "error": f"timed out after {t.op_timeout:g} s on "
+                                  f"{item.timeouts} servers", "stage": "run", "server": runner.address})
+            else:
+                self._requeue(item)
+            return False
+        except Exception as exc:
+            if not is_link_error(exc):
+                self._done(item, {"status": "error", "error": f"run failed: {first_line(exc)}", "stage": "run",
+                                  "server": runner.address})
+                return True
+            item.losses += 1
+            item.last_error = f"lost {runner.address}: {first_line(exc)}"
+            log.warning("%s: %s", item.key, item.last_error)
+            if item.losses >= MAX_LINK_LOSSES:
+                self._done(item, {"status": "error", "error": f"lost the server {item.losses} times while timing "
+                                  f"it (last: {item.last_error})", "stage": "run", "server": runner.address})
+            else:
+                self._requeue(item)
+            return False
+        with self._lock:
+            self.servers_used.add(runner.address)
+        self._done(item, res)
+        return True
+
+    def _requeue(self, item: _Item) -> None:
+        with self._lock:
+            self.stats["requeued"] += 1
+        self._queue.put(item)
