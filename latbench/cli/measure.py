@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from latbench.cli.ops import add_space_args
 
@@ -34,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", type=int, default=0, metavar="N",
                    help="also measure N random MBConv configurations beyond the space (predictor training data)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--op", action="append", default=None, metavar="KEY",
+                   help="measure only this op key (official format; repeatable) instead of the space")
     p.add_argument("--artifacts", default=None, metavar="DIR",
                    help="time a prebuilt artifact set (from `latbench compile --out DIR`) instead of building")
     p.set_defaults(func=run)
@@ -55,13 +58,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         backend = get_backend(args.backend)
         space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
-        ops = list(space.distinct_ops())
+        if args.op:
+            from latbench.ops import OpSpec
+
+            ops = [OpSpec.parse(k) for k in args.op]
+        else:
+            ops = list(space.distinct_ops())
         if args.sample:
             from latbench.sampling import sample_ops
 
             ops += sample_ops(args.sample, args.seed)
         jobs = [Job.op(o) for o in dict.fromkeys(ops)]
-        campaign = Campaign(device, backend, __import__("pathlib").Path(args.out), ArtifactCache(args.cache),
+        campaign = Campaign(device, backend, Path(args.out), ArtifactCache(args.cache),
                             workers=args.workers, progress=True)
         try:
             df = campaign.run(jobs, args.limit)
@@ -71,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
             return 130
     good = ok_rows(df)
     n_err = len(df) - len(good)
-    path = df.attrs.get("path", args.out)
     print(f"{len(good)} ops measured on {device.name} ({n_err} errors) → {args.out}/{device.name}/")
     if n_err:
         for _, r in df[df["status"] != "ok"].head(5).iterrows():

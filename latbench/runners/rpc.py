@@ -146,7 +146,10 @@ class LocalRPCServer:
         if self.threads:
             env["TVM_NUM_THREADS"] = str(self.threads)
         env.update(self.extra_env)
-        cmd = [self.python, "-m", "tvm.exec.rpc_server", "--host", self.host,
+        # With our own Python, a watchdog wrapper kills the server if this process dies uncleanly.
+        entry = (["latbench.runners.serve", str(os.getpid())] if self.python == sys.executable
+                 else ["tvm.exec.rpc_server"])
+        cmd = [self.python, "-m", *entry, "--host", self.host,
                "--port", str(self.port), "--port-end", str(self.port + 1)]
         if self.tracker:
             cmd += ["--tracker", self.tracker, "--key", self.key or "local"]

@@ -1,0 +1,6 @@
+"""``python -m latbench``: the command line."""
+import sys
+
+from latbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""The profile path end to end with real parts: TVM compiles, a real RPC server on loopback,
+resume after a real kill, the artifact cache, and every bad-input case of the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FAST_TIMING, latbench_cmd, write_device
+from latbench.artifacts import ArtifactCache
+from latbench.campaign import measure_ops
+from latbench.errors import DeviceError
+from latbench.runners.rpc import LocalRPCServer, free_port
+from latbench.tables import table_path
+
+
+def test_measure_small_ops_over_real_rpc(fast_device, cache_dir, small_ops, tmp_path):
+    df = measure_ops(small_ops, str(fast_device), tmp_path, cache=cache_dir)
+    assert len(df) == len(small_ops) and set(df["key"]) == {o.key for o in small_ops}
+    assert (df["status"] == "ok").all(), df[["key", "error"]]
+    assert (df["median_ms"] > 0).all() and (df["min_ms"] <= df["median_ms"]).all()
+    assert (df["max_abs_err"] < df["tolerance"]).all()  # numerically checked against PyTorch
+    assert df["server"].str.startswith("127.0.0.1:").all()
+    row = df.iloc[0]
+    assert row["device"] == "fast-cpu" and row["num_threads"] == 1 and row["repeat"] == FAST_TIMING["repeat"]
+    assert json.loads(row["target"])["mcpu"] != "native"
+    assert "apache-tvm" in json.loads(row["versions"]) and "cpu_model" in json.loads(row["host_facts"])
+    # the table on disk is plain Parquet anyone can open
+    on_disk = pd.read_parquet(table_path(tmp_path, "fast-cpu", "tvm-untuned"))
+    assert len(on_disk) == len(small_ops)
+
+
+def test_rerun_hits_cache_and_measures_nothing(fast_device, cache_dir, small_ops, tmp_path, caplog):
+    ops = small_ops[:3]
+    first = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir)
+    libs = sorted((Path(cache_dir) / "tvm-untuned").glob("*/lib.so"))
+    mtimes = {p: p.stat().st_mtime_ns for p in libs}
+    caplog.set_level("INFO", logger="latbench.campaign")
+    second = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir)
+    assert "0 to measure" in caplog.text
+    pd.testing.assert_frame_equal(first.sort_values("key").reset_index(drop=True),
+                                  second.sort_values("key").reset_index(drop=True))
+    # a new table directory re-times but compiles nothing: libraries untouched
+    caplog.clear()
+    measure_ops(ops, str(fast_device), tmp_path / "other", cache=cache_dir)
+    assert "building" not in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in libs} == mtimes
+
+
+def test_resume_after_kill_loses_nothing(tmp_path, cache_dir, small_ops):
+    # Slow timing so that the campaign is still running when it is killed.
+    dev = write_device(tmp_path, "slow-cpu", timing={**FAST_TIMING, "repeat": 20, "min_repeat_ms": 100})
+    out = tmp_path / "data"
+    keys = [o.key for o in small_ops]
+    args = ["measure", "--target", dev, "--out", out, "--cache", cache_dir]
+    for k in keys:
+        args += ["--op", k]
+    journal = table_path(out, "slow-cpu", "tvm-untuned").with_name("ops-tvm-untuned.journal.jsonl")
+    proc = subprocess.Popen(latbench_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.killpg(proc.pid, signal.SIGKILL)  # no cleanup of any kind runs
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = [json.loads(line) for line in journal.read_text().splitlines() if line.endswith("}")]
+    assert 2 <= len(before) < len(keys)
+    done = subprocess.run(latbench_cmd(*args, "-v"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(keys) - len(before)} to measure, {len(before)} already" in done.stderr
+    df = pd.read_parquet(table_path(out, "slow-cpu", "tvm-untuned"))
+    assert sorted(df["key"]) == sorted(keys)  # every op once, none duplicated
+    kept = df.set_index("key")
+    for row in before:  # the rows taken before the kill are the ones in the table
+        assert kept.loc[row["key"], "timestamp"] == row["timestamp"]
+
+
+def test_dead_rpc_server_mid_campaign_keeps_rows(tmp_path, cache_dir, small_ops):
+    server = LocalRPCServer(threads=1).start()
+    try:
+        dev = write_device(tmp_path, "direct-cpu", rpc={"mode": "direct", "host": "127.0.0.1",
+                                                        "port": server.port, "connect_timeout": 5},
+                           timing={**FAST_TIMING, "repeat": 10, "min_repeat_ms": 50})
+        journal = table_path(tmp_path / "d", "direct-cpu", "tvm-untuned").with_name("ops-tvm-untuned.journal.jsonl")
+
+        def killer() -> None:
+            while not (journal.exists() and journal.read_text().count("\n") >= 1):
+                time.sleep(0.05)
+            server.stop()
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        with pytest.raises(DeviceError, match="RPC|no TVM RPC server"):
+            measure_ops(small_ops, str(dev), tmp_path / "d", cache=cache_dir)
+        t.join(10)
+        df = pd.read_parquet(table_path(tmp_path / "d", "direct-cpu", "tvm-untuned"))
+        assert 1 <= (df["status"] == "ok").sum() < len(small_ops)
+    finally:
+        server.stop()
+
+
+# -- bad input: one line, exit code != 0, no traceback -------------------------------------------
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cli_unknown_target(cli):
+    code, _, err = cli("measure", "--target", "my-phone")
+    assert code != 0 and "unknown target 'my-phone'" in _one_line(err)
+
+
+def test_cli_malformed_yaml(cli, tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: bad\ntarget: [llvm\n")
+    code, _, err = cli("measure", "--target", p)
+    assert code != 0 and "malformed YAML" in _one_line(err) and str(p) in err
+
+
+def test_cli_incomplete_yaml(cli, tmp_path):
+    p = tmp_path / "half.yaml"
+    p.write_text("name: half\nrpc: {mode: direct}\n")
+    code, _, err = cli("measure", "--target", p)
+    assert code != 0 and "missing field 'target'" in _one_line(err)
+
+
+def test_cli_bad_op_key(cli):
+    code, _, err = cli("measure", "--op", "expanded_conv-input:7x7-output:big")
+    assert code != 0 and "op key" in _one_line(err).lower()
+
+
+def test_cli_unwritable_out(cli, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    code, _, err = cli("measure", "--out", blocker, "--limit", "1")
+    assert code != 0 and "cannot write tables" in _one_line(err)
+
+
+def test_cli_busy_port(cli, tmp_path, cache_dir, small_ops):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        dev = write_device(tmp_path, "busy", rpc={"mode": "local", "port": port})
+        code, _, err = cli("measure", "--target", dev, "--op", small_ops[0].key, "--out", tmp_path,
+                           "--cache", cache_dir)
+    assert code != 0 and f"port 127.0.0.1:{port} is busy" in _one_line(err)
+    # nothing measured, nothing lost: the build error-free artifact is cached, no row claims success
+    assert not table_path(tmp_path, "busy", "tvm-untuned").exists() or \
+        (pd.read_parquet(table_path(tmp_path, "busy", "tvm-untuned"))["status"] != "ok").all()
+
+
+def test_cli_dead_server(cli, tmp_path, cache_dir, small_ops):
+    dev = write_device(tmp_path, "gone", rpc={"mode": "direct", "host": "127.0.0.1", "port": free_port(),
+                                              "connect_timeout": 2})
+    code, _, err = cli("measure", "--target", dev, "--op", small_ops[0].key, "--out", tmp_path,
+                       "--cache", cache_dir)
+    assert code == 3 and "no TVM RPC server at 127.0.0.1" in _one_line(err)
+
+
+def test_cli_help_and_ops(cli):
+    code, out, _ = cli("ops", "--resolution", "224")
+    assert code == 0 and len(out.split()) == 72
+    with pytest.raises(SystemExit) as e:
+        cli("measure", "--help")
+    assert e.value.code == 0
+
+
+def test_cli_table_show(cli, fast_device, cache_dir, small_ops, tmp_path):
+    measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)
+    code, out, _ = cli("table", "show", table_path(tmp_path, "fast-cpu", "tvm-untuned"))
+    assert code == 0 and small_ops[0].key in out and "median_ms" in out
