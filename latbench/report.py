@@ -405,7 +405,7 @@ def render(found: Found, help_path: Path | None = None, include_help: bool = Tru
         ("search", "Search trajectories", _safe(lambda: section_search(found), "search logs")),
     ]
     if include_help:
-        sections.append(("help", "Published data: HELP NAS-Bench-201 latencies on 27 devices",
+        sections.append(("help", "Published data: HELP NAS-Bench-201 latencies across devices",
                          _safe(lambda: section_help(help_path, bootstrap, adapt), "published HELP data")))
     if found.skipped:
         sections.append(("skipped", "Files skipped", "<ul>" + "".join(
