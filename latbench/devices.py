@@ -26,6 +26,8 @@ Schema (every field but ``name`` and ``target`` has a default)::
       cooldown_ms: 0
       op_timeout: 120                 # s; one op's timing may not take longer
     ssh: {host: pi4.local, port: 22, user: pi, key_file: ~/.ssh/id_ed25519}   # management (optional)
+                                      # also: known_hosts, host_key_policy (reject | accept-new | warn),
+                                      # password_env (env var with the password), connect_timeout, python, workdir
 
 Errors name the file, the field and what was expected.
 """
@@ -112,6 +114,8 @@ class SSHConfig:
     connect_timeout: float = 10.0
     python: str = "python3"
     workdir: str = "~/.latbench"
+    host_key_policy: str = "reject"  # unknown host keys: reject | accept-new (saved to known_hosts) | warn
+    password_env: str | None = None  # name of an environment variable holding the password (opt-in)
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,16 @@ _TOP = ("name", "description", "target", "host_target", "cross_compiler", "emula
         "rpc", "timing", "ssh", "extra")
 
 
+HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
+
+
+def _host_key_policy(c: _Checker, s: dict) -> str:
+    v = s.get("host_key_policy", "reject")
+    if v not in HOST_KEY_POLICIES:
+        raise c.fail("ssh.host_key_policy", " or ".join(HOST_KEY_POLICIES), v)
+    return v
+
+
 def device_from_dict(d: Any, source: str = "<dict>", default_name: str | None = None) -> Device:
     """Validate a parsed YAML mapping and build a :class:`Device`."""
     c = _Checker(source)
@@ -257,7 +271,8 @@ def device_from_dict(d: Any, source: str = "<dict>", default_name: str | None = 
                         c.string(s, "user", None, "ssh."), c.string(s, "key_file", None, "ssh."),
                         c.string(s, "known_hosts", None, "ssh."), password,
                         c.num(s, "connect_timeout", 10, float, 0.1, "ssh."),
-                        c.string(s, "python", "python3", "ssh."), c.string(s, "workdir", "~/.latbench", "ssh."))
+                        c.string(s, "python", "python3", "ssh."), c.string(s, "workdir", "~/.latbench", "ssh."),
+                        _host_key_policy(c, s), c.string(s, "password_env", None, "ssh."))
 
     emulated = d.get("emulated", False)
     if not isinstance(emulated, bool):

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""A TVM RPC server for boards without TVM: Python stdlib + ``tvm_ffi`` + TVM's runtime libraries.
+
+Part of the runtime-only bundle (``latbench bundle``); it does not import ``tvm`` or ``latbench``.
+It speaks TVM's RPC protocol (the same handshake as ``python -m tvm.exec.rpc_server``), so the
+stock client (``tvm.rpc.connect`` / ``connect_tracker(...).request``) works unchanged: upload,
+``load_module``, ``relax.VirtualMachine`` and ``time_evaluator`` all run in ``libtvm_runtime``.
+
+    python3 board_server.py --host 0.0.0.0 --port 9090 [--tracker HOST:PORT --key rasp4]
+
+Each session runs in a forked child calling the runtime's ``rpc.ServerLoop`` (in a fresh work
+directory); the parent keeps registering with the tracker. Start it with ``setsid`` and stop it
+by killing its process group (the session child is in the same group).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RPC_MAGIC = 0xFF271
+RPC_TRACKER_MAGIC = 0x2F271
+RPC_CODE_SUCCESS = RPC_MAGIC + 0
+RPC_CODE_MISMATCH = RPC_MAGIC + 2
+TRACKER_SUCCESS, TRACKER_PUT, TRACKER_UPDATE_INFO, TRACKER_GET_PENDING = 0, 3, 5, 7
+
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+
+# -- runtime loading (shared shape with runtime_timer.py; both are standalone) ---------------------
+def find_runtime_dir() -> Path:
+    """Where libtvm_runtime.so is: $LATBENCH_TVM_RUNTIME, the bundle's lib/, or an installed tvm/lib."""
+    here = Path(__file__).resolve().parent
+    cands = [os.environ.get("LATBENCH_TVM_RUNTIME"), here / "lib"]
+    cands += [Path(p) / "tvm" / "lib" for p in sys.path if p]
+    for c in cands:
+        if c and (Path(c) / RUNTIME_LIBS[0]).is_file():
+            return Path(c)
+    raise SystemExit("error: no TVM runtime found (libtvm_runtime.so); run from a latbench bundle "
+                     "(`latbench bundle`) or set LATBENCH_TVM_RUNTIME to its directory")
+
+
+def load_runtime(cuda: bool = False):
+    """Import tvm_ffi (the bundle's site/ first) and load TVM's runtime libraries globally."""
+    site = Path(__file__).resolve().parent / "site"
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    try:
+        import tvm_ffi
+    except ImportError as exc:
+        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or pip install apache-tvm-ffi")
+    libdir = find_runtime_dir()
+    names = RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ())
+    for name in names:
+        ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
+    return tvm_ffi
+
+
+# -- protocol helpers ------------------------------------------------------------------------------
+def recvall(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection reset")
+        buf += chunk
+    return buf
+
+
+def sendjson(sock: socket.socket, data) -> None:
+    raw = json.dumps(data).encode()
+    sock.sendall(struct.pack("<i", len(raw)) + raw)
+
+
+def recvjson(sock: socket.socket):
+    return json.loads(recvall(sock, struct.unpack("<i", recvall(sock, 4))[0]).decode())
+
+
+class Tracker:
+    """This server's registration with a TVM RPC tracker (reconnects when the tracker drops)."""
+
+    def __init__(self, addr: tuple[str, int], key: str, port: int, custom_addr: str | None) -> None:
+        self.addr, self.key, self.port, self.custom_addr = addr, key, port, custom_addr
+        self.sock: socket.socket | None = None
+        self.matchkey = ""
+        self.old: set[str] = set()
+
+    def connect(self) -> None:
+        while self.sock is None:
+            try:
+                s = socket.create_connection(self.addr, timeout=30)
+                s.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+                if struct.unpack("<i", recvall(s, 4))[0] != RPC_TRACKER_MAGIC:
+                    raise SystemExit(f"error: {self.addr[0]}:{self.addr[1]} is not a TVM RPC tracker")
+                sendjson(s, [TRACKER_UPDATE_INFO, {"key": "server:" + self.key, "addr": [self.custom_addr, self.port]}])
+                assert recvjson(s) == TRACKER_SUCCESS
+                self.sock = s
+                log(f"registered with tracker {self.addr[0]}:{self.addr[1]} as '{self.key}'")
+            except OSError as exc:
+                log(f"cannot reach tracker {self.addr[0]}:{self.addr[1]} ({exc}); retry in 2 s")
+                time.sleep(2)
+
+    def put(self) -> None:
+        """Offer this server (again) under a fresh match key."""
+        while True:
+            self.matchkey = f"{self.key}:{random.random()}"
+            if self.matchkey not in self.old:
+                break
+        self.old.add(self.matchkey)
+        sendjson(self.sock, [TRACKER_PUT, self.key, [self.port, self.matchkey], self.custom_addr])
+        assert recvjson(self.sock) == TRACKER_SUCCESS
+
+    def pending(self) -> list[str]:
+        sendjson(self.sock, [TRACKER_GET_PENDING])
+        return recvjson(self.sock)
+
+    def drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+def accept(listen: socket.socket, tracker: Tracker | None, key: str, ping: float = 2.0):
+    """Wait for a client whose handshake matches; returns (conn, addr, session options)."""
+    unmatched = 0
+    if tracker:
+        tracker.put()
+    while True:
+        if tracker:
+            ready, _, _ = select.select([listen], [], [], ping)
+            if not ready:
+                # A match key handed out but never used for a while: offer a fresh one (as TVM's server does).
+                unmatched = 0 if tracker.matchkey in tracker.pending() else unmatched + 1
+                if unmatched * ping > 4 + ping:
+                    tracker.put()
+                    unmatched = 0
+                continue
+        conn, addr = listen.accept()
+        try:
+            conn.settimeout(30)
+            if struct.unpack("<i", recvall(conn, 4))[0] != RPC_MAGIC:
+                conn.close()
+                continue
+            ckey = recvall(conn, struct.unpack("<i", recvall(conn, 4))[0]).decode()
+            parts = ckey.split()
+            expect = "client:" + (tracker.matchkey if tracker else key)
+            if not parts or parts[0] != expect:
+                conn.sendall(struct.pack("<i", RPC_CODE_MISMATCH))
+                conn.close()
+                log(f"mismatched key from {addr}")
+                continue
+            skey = ("server:" + key).encode()
+            conn.sendall(struct.pack("<i", RPC_CODE_SUCCESS) + struct.pack("<i", len(skey)) + skey)
+            conn.settimeout(None)
+        except OSError:
+            conn.close()
+            continue
+        opts = {}
+        for kv in parts[1:]:
+            if kv.startswith("-timeout="):
+                opts["timeout"] = float(kv[len("-timeout="):])
+        return conn, addr, opts
+
+
+def serve_session(tvm_ffi, conn: socket.socket, addr, opts: dict, work_root: str | None) -> None:
+    """Run one client session in a forked child; kill it when the session timeout passes."""
+    work = tempfile.mkdtemp(prefix="session-", dir=work_root)
+    pid = os.fork()
+    if pid == 0:  # the session child
+        code = 0
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            os.chdir(work)
+
+            @tvm_ffi.register_global_func("tvm.rpc.server.workpath", override=True)
+            def workpath(path):
+                return os.path.join(work, path)
+
+            @tvm_ffi.register_global_func("tvm.rpc.server.load_module", override=True)
+            def load_module(name):
+                return tvm_ffi.load_module(os.path.join(work, name))
+
+            tvm_ffi.get_global_func("rpc.ServerLoop")(conn.fileno())
+        except BaseException as exc:  # noqa: BLE001 - report, then leave the child without cleanup handlers
+            log(f"session error: {exc}")
+            code = 1
+        finally:
+            os._exit(code)
+    conn.close()
+    log(f"session from {addr[0]}:{addr[1]} (pid {pid})")
+    deadline = time.monotonic() + opts["timeout"] if opts.get("timeout") else None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if deadline and time.monotonic() > deadline:
+            log(f"session timeout ({opts['timeout']:g} s): killing pid {pid}")
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
+    shutil.rmtree(work, ignore_errors=True)
+    log("session finished")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=9090)
+    ap.add_argument("--port-end", type=int, default=None, help="try ports [port, port-end) (default: port+100)")
+    ap.add_argument("--tracker", default=None, help="HOST:PORT of a TVM RPC tracker to register with")
+    ap.add_argument("--key", default="", help="device key the server registers under with --tracker "
+                    "(direct clients must then send the same key; default: none)")
+    ap.add_argument("--custom-addr", default=None, help="address the tracker hands to clients (default: as seen)")
+    ap.add_argument("--pid-file", default=None)
+    ap.add_argument("--work-dir", default=None, help="where session directories go (default: the temp dir)")
+    ap.add_argument("--num-threads", type=int, default=0, help="TVM_NUM_THREADS (0: the runtime's default)")
+    args = ap.parse_args(argv)
+
+    if args.num_threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.num_threads)
+    tvm_ffi = load_runtime()
+    listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = None
+    for p in range(args.port, args.port_end or args.port + 100):
+        try:
+            listen.bind((args.host, p))
+            port = p
+            break
+        except OSError:
+            continue
+    if port is None:
+        raise SystemExit(f"error: cannot bind to any port in [{args.port}, {args.port_end or args.port + 100})")
+    listen.listen(4)
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log(f"latbench board server on {args.host}:{port} (pid {os.getpid()}, runtime {find_runtime_dir()})")
+    print(f"PORT {port}", flush=True)
+
+    tracker = None
+    if args.tracker and not args.key:
+        raise SystemExit("error: --tracker needs --key (the device key clients request)")
+    if args.tracker:
+        host, tport = args.tracker.rsplit(":", 1)
+        tracker = Tracker((host, int(tport)), args.key, port, args.custom_addr)
+    while True:
+        try:
+            if tracker:
+                tracker.connect()
+            conn, addr, opts = accept(listen, tracker, args.key)
+        except OSError as exc:  # the tracker dropped: register again
+            log(f"tracker connection lost ({exc}); reconnecting")
+            if tracker:
+                tracker.drop()
+            continue
+        serve_session(tvm_ffi, conn, addr, opts, args.work_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

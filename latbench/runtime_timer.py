@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Time a prebuilt artifact set with TVM's runtime alone: numpy + ctypes + ``tvm_ffi``, no ``tvm``.
+
+For a host that has only the runtime (a ``latbench bundle`` or ``pip install apache-tvm-ffi`` plus
+``libtvm_runtime.so``): it reads the set's ``manifest.json`` (``latbench compile --out DIR``), loads
+each ``lib.so`` into a Relax VM, checks the output against PyTorch's (``expected.npy``) and times
+it (warm-up, then ``repeat`` repeats of ``number`` runs, ``number`` raised until a repeat lasts
+``min_repeat_ms``; CUDA artifacts are synchronised after each repeat). One JSON line per entry::
+
+    python runtime_timer.py ARTIFACT_DIR --out results.jsonl [--repeat 15 --warmup 3 ...]
+
+Keys already in ``--out`` are skipped (resume). The runtime is looked up in $LATBENCH_TVM_RUNTIME,
+the bundle's ``lib/``, then an installed ``tvm/lib``. This file imports nothing from latbench.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
+RTOL = 1e-3  # same tolerance as latbench.campaign.RTOL
+KDL_CPU, KDL_CUDA = 1, 2
+POOLED_ALLOCATOR = 2
+
+
+def find_runtime_dir() -> Path:
+    """Where libtvm_runtime.so is: $LATBENCH_TVM_RUNTIME, the bundle's lib/, or an installed tvm/lib."""
+    here = Path(__file__).resolve().parent
+    cands = [os.environ.get("LATBENCH_TVM_RUNTIME"), here / "lib"]
+    cands += [Path(p) / "tvm" / "lib" for p in sys.path if p]
+    for c in cands:
+        if c and (Path(c) / RUNTIME_LIBS[0]).is_file():
+            return Path(c)
+    raise RuntimeError("no TVM runtime found (libtvm_runtime.so); run from a latbench bundle or set "
+                       "LATBENCH_TVM_RUNTIME to the directory holding it")
+
+
+def load_runtime(cuda: bool = False) -> Any:
+    """Import tvm_ffi (the bundle's site/ first) and load TVM's runtime libraries globally."""
+    site = Path(__file__).resolve().parent / "site"
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    import tvm_ffi
+
+    libdir = find_runtime_dir()
+    for name in RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ()):
+        ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
+    return tvm_ffi
+
+
+def summarize(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s, dtype=float) * 1e3
+    mean = float(ms.mean())
+    return {"mean_ms": mean, "median_ms": float(np.median(ms)), "std_ms": float(ms.std()),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "cv": float(ms.std() / mean) if mean else 0.0}
+
+
+class ArtifactTimer:
+    """Loads and times artifacts through the runtime-only VM API."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.ffi = load_runtime(cuda)
+        self.cuda = cuda
+        self.dev_type = KDL_CUDA if cuda else KDL_CPU
+        self.device = self.ffi.device("cuda" if cuda else "cpu", 0)
+        g = self.ffi.get_global_func
+        self._alloc = g("runtime.TVMTensorAllocWithScope")
+        self._copy = g("runtime.TVMTensorCopyFromTo")
+        self._sync = g("runtime.Device_StreamSync")
+
+    def to_device(self, x: np.ndarray) -> Any:
+        # Copy into a runtime-allocated tensor: TVM kernels assume its (64-byte) alignment, numpy's
+        # buffers are not aligned that way (the kernel crashes on them).
+        src = np.ascontiguousarray(x)
+        t = self.ffi.from_dlpack(src)
+        dst = self._alloc(list(x.shape), str(x.dtype), self.device, None)
+        self._copy(t, dst)
+        self.sync()
+        return dst
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        if self.cuda:
+            host = self._alloc(list(y.shape), str(y.dtype), self.ffi.device("cpu", 0), None)
+            self._copy(y, host)
+            self.sync()
+            y = host
+        return np.from_dlpack(y).copy()
+
+    def sync(self) -> None:
+        if self.cuda:
+            self._sync(self.device, 0)
+
+    def load(self, lib: Path) -> Any:
+        """A Relax VM for the library, initialised for the device (host memory for the CPU side)."""
+        vm = self.ffi.load_module(str(lib))["vm_load_executable"]()
+        vm["vm_initialization"](self.dev_type, 0, POOLED_ALLOCATOR, KDL_CPU, 0, POOLED_ALLOCATOR)
+        return vm
+
+    def time(self, art: Path, warmup: int, number: int, repeat: int, min_repeat_ms: float) -> dict[str, Any]:
+        x = np.load(art / "input.npy")
+        expected = np.load(art / "expected.npy")
+        vm = self.load(art / "lib.so")
+        main = vm["main"]
+        xt = self.to_device(x)
+        y = self.to_numpy(main(xt))
+        out: dict[str, Any] = {}
+        err = float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape else float("inf")
+        tol = RTOL * (1.0 + float(np.max(np.abs(expected))))
+        out.update(max_abs_err=err, tolerance=tol)
+        for _ in range(warmup):
+            main(xt)
+        self.sync()
+        # Raise `number` until one repeat lasts min_repeat_ms (like TVM's time_evaluator).
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(number):
+                main(xt)
+            self.sync()
+            dt = time.perf_counter() - t0
+            if dt * 1e3 >= min_repeat_ms or number >= 1 << 20:
+                break
+            number = max(number * 2, int(number * min_repeat_ms / max(dt * 1e3, 1e-3) * 1.1))
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                main(xt)
+            self.sync()
+            samples.append((time.perf_counter() - t0) / number)
+        out.update(summarize(samples))
+        out["number"] = number
+        if err > tol:
+            out.update(status="error", stage="check",
+                       error=f"output differs from PyTorch: max abs err {err:.3g} > {tol:.3g}")
+        else:
+            out["status"] = "ok"
+        return out
+
+
+def time_artifact_set(root: str | Path, out: str | Path, warmup: int = 3, number: int = 1, repeat: int = 15,
+                      min_repeat_ms: float = 40, keys: list[str] | None = None, log=print) -> list[dict[str, Any]]:
+    """Time every built entry of the set ``root`` (skipping keys already in ``out``); returns the new rows."""
+    root, out = Path(root), Path(out)
+    manifest = json.loads((root / "manifest.json").read_text())
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                try:
+                    done.add(json.loads(line)["key"])
+                except (ValueError, KeyError):
+                    pass  # a torn last line from an interrupted run
+    entries = [e for e in manifest["entries"] if e.get("status") == "ok" and e["key"] not in done
+               and (keys is None or e["key"] in keys)]
+    target = manifest.get("target", "")
+    cuda = '"cuda"' in target or "nvidia" in target
+    timer = ArtifactTimer(cuda=cuda) if entries else None
+    server = f"{platform.node()}:runtime-only"
+    rows = []
+    with open(out, "a") as f:
+        for i, e in enumerate(entries):
+            t0 = time.perf_counter()
+            try:
+                row = timer.time(root / e["path"], warmup, number, repeat, min_repeat_ms)
+            except Exception as exc:  # an op that fails to load/run is recorded; the set goes on
+                msg = str(exc).strip().splitlines()
+                row = {"status": "error", "stage": "run", "error": f"run failed: {msg[0] if msg else type(exc).__name__}"}
+            row = {"key": e["key"], **row, "server": server}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            rows.append(row)
+            log(f"[{i + 1}/{len(entries)}] {e['key']}: {row.get('median_ms', float('nan')):.4f} ms "
+                f"({row['status']}, {time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Time a latbench artifact set with TVM's runtime only (no tvm import).")
+    ap.add_argument("artifacts", help="artifact set directory (with manifest.json)")
+    ap.add_argument("--out", "-o", required=True, help="JSON-lines results file (appended; resumable)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--number", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--min-repeat-ms", type=float, default=40)
+    ap.add_argument("--quiet", "-q", action="store_true")
+    args = ap.parse_args(argv)
+    if not (Path(args.artifacts) / "manifest.json").is_file():
+        print(f"runtime_timer: error: {args.artifacts} has no manifest.json (build it with `latbench compile --out DIR`)",
+              file=sys.stderr)
+        return 2
+    try:
+        rows = time_artifact_set(args.artifacts, args.out, args.warmup, args.number, args.repeat, args.min_repeat_ms,
+                                 log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    except RuntimeError as exc:
+        print(f"runtime_timer: error: {exc}", file=sys.stderr)
+        return 2
+    bad = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - bad} timed, {bad} errors → {args.out}")
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
