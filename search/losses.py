@@ -1,0 +1,58 @@
+"""Latency-aware objectives: the paper's, the official code's, and REINFORCE's reward.
+
+* ``paper``      CE + λ2·E[LAT]   (λ1‖w‖² is the weight optimizer's weight decay)
+* ``add#linear`` CE + λ·(E[LAT] − T)/T                     (official code; λ = 0.1)
+* ``mul#log``    CE · α · (log E[LAT] / log T)^β           (official code; α = 0.2, β = 0.3)
+* ``add#abs``    CE + λ·|E[LAT] − T|/T  — ours, not in the paper: a two-sided penalty that steers
+  E[LAT] to the target T instead of only pushing latency down.
+* ``none``       CE only (latency ignored).
+
+REINFORCE's reward is ``acc · (T / LAT)^w`` (official w = 0.1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from latbench.errors import ConfigError
+
+LOSS_FORMS: tuple[str, ...] = ("paper", "add#linear", "mul#log", "add#abs", "none")
+NEEDS_TARGET = frozenset({"add#linear", "mul#log", "add#abs"})
+#: Default λ per form (λ2 for ``paper`` is per ms).
+DEFAULT_LAMBDA = {"paper": 0.01, "add#linear": 0.1, "add#abs": 0.5, "mul#log": 0.0, "none": 0.0}
+
+
+def check_form(form: str, target: float | None) -> None:
+    """Fail with one clear line on an unknown form or a missing/invalid target."""
+    if form not in LOSS_FORMS:
+        raise ConfigError(f"unknown latency loss {form!r}; choose one of {', '.join(LOSS_FORMS)}")
+    if form in NEEDS_TARGET:
+        if target is None:
+            raise ConfigError(f"latency loss {form} needs --target-latency T (ms)")
+        if form == "mul#log" and target <= 1.0:
+            raise ConfigError("mul#log divides by log T: --target-latency must be > 1 ms "
+                              "(use add#linear or add#abs for sub-millisecond targets)")
+    if target is not None and target <= 0:
+        raise ConfigError(f"--target-latency must be > 0 ms, got {target}")
+
+
+def latency_loss(ce: torch.Tensor, expected: torch.Tensor, form: str = "paper", lam: float | None = None,
+                 target: float | None = None, mul_alpha: float = 0.2, mul_beta: float = 0.3) -> torch.Tensor:
+    """The architecture objective from cross-entropy ``ce`` and expected latency ``expected`` (ms)."""
+    check_form(form, target)
+    lam = DEFAULT_LAMBDA[form] if lam is None else lam
+    if form == "none":
+        return ce
+    if form == "paper":
+        return ce + lam * expected
+    if form == "add#linear":
+        return ce + lam * (expected - target) / target
+    if form == "add#abs":
+        return ce + lam * (expected - target).abs() / target
+    return mul_alpha * ce * (torch.log(expected) / math.log(target)) ** mul_beta
+
+
+def reinforce_reward(acc: float, latency: float, target: float, w: float = 0.1) -> float:
+    """``acc · (T / LAT)^w``."""
+    return acc * (target / latency) ** w

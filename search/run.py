@@ -1,0 +1,168 @@
+"""``python -m search.run --predictor lut.pkl``: a ProxylessNAS search with a latency predictor.
+
+Writes into ``--out``: ``arch.json`` (the derived architecture at the predictor's deployment
+resolution, argmax of α per layer), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (every
+epoch; ``--resume`` continues from it) and ``summary.json`` (predicted latency, accuracy, and the
+measured latency with ``--measure``). :func:`main` is callable from Python and returns the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from latbench.errors import LatbenchError
+from latbench.space import Arch
+from search.losses import LOSS_FORMS
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="ProxylessNAS search on the latbench space with a latency predictor "
+                    "(the latency is that of the predictor's deployment resolution).")
+    p.add_argument("--predictor", required=True, help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
+    p.add_argument("--mode", choices=("gradient", "reinforce"), default="gradient",
+                   help="architecture update: binary-gate gradient (default) or REINFORCE")
+    p.add_argument("--latency-loss", choices=LOSS_FORMS, default=None,
+                   help="objective: paper = CE + λ2·E[LAT]; add#linear = CE + λ(E−T)/T; mul#log = "
+                        "CE·α·(log E/log T)^β; add#abs = CE + λ|E−T|/T (ours; steers E[LAT] to T). "
+                        "Default: mul#log with --target-latency, else paper")
+    p.add_argument("--lambda2", type=float, default=None,
+                   help="latency weight λ (default: paper 0.01/ms, add#linear 0.1, add#abs 0.5)")
+    p.add_argument("--target-latency", type=float, default=None, metavar="T",
+                   help="reference latency T in ms at the deployment resolution")
+    p.add_argument("--mul-alpha", type=float, default=0.2, help="α of mul#log (default 0.2)")
+    p.add_argument("--mul-beta", type=float, default=0.3, help="β of mul#log (default 0.3)")
+    p.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included (default 10)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="weights-only epochs first (default: a quarter of --epochs)")
+    p.add_argument("--train-batches", type=int, default=None, help="weight steps per epoch (default: whole split)")
+    p.add_argument("--val-batches", type=int, default=20, help="held-out batches to validate each epoch (default 20)")
+    p.add_argument("--test-batches", type=int, default=None, help="test batches for the final accuracy (default all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.025, help="weight learning rate (cosine schedule)")
+    p.add_argument("--weight-decay", type=float, default=4e-5, help="λ1 of the paper's λ1‖w‖²")
+    p.add_argument("--arch-lr", type=float, default=1e-3, help="Adam learning rate of α (default 1e-3)")
+    p.add_argument("--arch-every", type=int, default=5, help="an architecture step every N weight steps (default 5)")
+    p.add_argument("--rl-samples", type=int, default=10, help="REINFORCE: nets sampled per step (default 10)")
+    p.add_argument("--rl-tradeoff", type=float, default=0.1, help="REINFORCE: w in acc·(T/LAT)^w (default 0.1)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="training image size (default 28 for Fashion-MNIST, 32 for --data)")
+    p.add_argument("--data", default=None, help="ImageFolder tree (default: Fashion-MNIST from dataset-fashion-mnist)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default="search_out", help="output folder (default search_out)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--measure", action="store_true", help="measure the derived net on --target")
+    p.add_argument("--target", default="local-cpu", help="device for --measure (default local-cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch; tracebacks on errors")
+    return p
+
+
+def load_predictor_file(path: str | Path) -> Any:
+    """The predictor saved at ``path`` (the ``predictors`` package's safe loader)."""
+    try:
+        from predictors import load_predictor
+    except ImportError as e:
+        raise LatbenchError(f"the 'predictors' package is not importable ({e}); install latbench") from None
+    if not Path(path).exists():
+        raise LatbenchError(f"--predictor {path}: no such file; make one with 'latbench fit-predictor'")
+    return load_predictor(path)
+
+
+def measure(arch: Arch, device: str, out_dir: Path) -> float:
+    """Median latency (ms) of ``arch`` on ``device`` through the project's profiling path."""
+    try:
+        from latbench.campaign import measure_archs
+    except ImportError as e:
+        raise LatbenchError(f"--measure needs latbench.campaign.measure_archs, which is not available ({e})") from None
+    df = measure_archs([arch], device, out_dir)
+    if len(df) == 0 or "median_ms" not in df.columns:
+        raise LatbenchError(f"--measure: no measurement came back for the derived net on {device}")
+    row = df.iloc[0]
+    if "status" in df.columns and row["status"] != "ok":
+        raise LatbenchError(f"--measure: measuring the derived net on {device} failed: {row.get('error', row['status'])}")
+    return float(row["median_ms"])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the search described by parsed ``args``; returns the summary (also OUT/summary.json)."""
+    import torch
+
+    from search.data import load_dataset
+    from search.trainer import ProxylessSearch, SearchConfig, check_epochs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    predictor = load_predictor_file(args.predictor)
+    resolution = args.resolution or (28 if args.data is None else 32)
+    config = SearchConfig(
+        mode=args.mode, latency_loss=args.latency_loss, lambda2=args.lambda2, target_latency=args.target_latency,
+        mul_alpha=args.mul_alpha, mul_beta=args.mul_beta, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, arch_lr=args.arch_lr,
+        arch_every=args.arch_every, rl_samples=args.rl_samples, rl_tradeoff=args.rl_tradeoff,
+        resolution=resolution, seed=args.seed, device=args.device)
+    check_epochs(config)
+    data = load_dataset(args.data, resolution, seed=args.seed)
+    searcher = ProxylessSearch(config, predictor, data, out)
+    if args.resume:
+        searcher.load_checkpoint(out / "checkpoint.pt")
+    elif (out / "checkpoint.pt").exists():
+        log.warning("%s holds a checkpoint; starting afresh (use --resume to continue it)", out)
+    searcher.run()
+
+    arch = searcher.derived_arch()
+    arch.save(out / "arch.json")
+    summary: dict[str, Any] = {
+        "arch": arch.to_dict(),
+        "predicted_ms": searcher.latency.predict(arch),
+        "expected_latency_ms": float(searcher.expected_latency()),
+        "deployment": {"resolution": arch.resolution, "width_mult": arch.width_mult, "n_classes": arch.n_classes},
+        "latency_bounds_ms": searcher.latency.bounds(),
+        "val_acc": searcher.history[-1]["val_acc"] if searcher.history else None,
+        "test_acc": searcher.evaluate(data.test, config.test_batches),
+        "data": data.name, "train_resolution": resolution,
+        "epochs": searcher.epoch, "config": asdict(config), "predictor": str(args.predictor),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if args.measure:
+        summary["measured_ms"] = measure(arch, args.target, out / "measure")
+        summary["measured_on"] = args.target
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (errors: one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        summary = run(args)
+    except LatbenchError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    line = (f"{Path(args.out) / 'arch.json'}: predicted {summary['predicted_ms']:.2f} ms at "
+            f"{summary['deployment']['resolution']}px, test acc {summary['test_acc']:.3f}")
+    if "measured_ms" in summary:
+        line += f", measured {summary['measured_ms']:.2f} ms on {summary['measured_on']}"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

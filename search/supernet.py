@@ -1,0 +1,99 @@
+"""The ProxylessNAS supernet: stem, one :class:`MixedOp` per searchable layer, feature mix, logits."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from latbench.errors import ConfigError
+from latbench.modules import Classifier, conv_bn
+from latbench.space import Arch, Space
+from search.mixed_op import MixedOp
+
+
+class Supernet(nn.Module):
+    """Every architecture of ``space`` at once; the fixed layers are built like
+    :class:`latbench.modules.Network`'s, the searchable ones as :class:`MixedOp`.
+
+    ``space.in_channels`` sets the stem's input channels (1 for grey-scale training data)."""
+
+    def __init__(self, space: Space, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.space = space
+        stem, mix, logits = space.fixed_ops
+        self.stem = conv_bn(stem.in_ch, stem.out_ch, 3, stem.stride)
+        self.layers = nn.ModuleList([MixedOp(layer) for layer in space.layers])
+        self.feature_mix = conv_bn(mix.in_ch, mix.out_ch, 1, 1)
+        self.classifier = Classifier(logits.in_ch, logits.out_ch, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.classifier(self.feature_mix(x))
+
+    # -- parameters ----------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The α of every searchable layer, in layer order."""
+        return [m.alpha for m in self.layers]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter except the α."""
+        for name, p in self.named_parameters():
+            if not name.endswith(".alpha"):
+                yield p
+
+    # -- paths ---------------------------------------------------------------------------------
+    def sample(self, gen: torch.Generator | None = None) -> list[int]:
+        """Binarize every layer (one path each, drawn from its ``p``); returns the choices."""
+        return [m.sample(gen) for m in self.layers]
+
+    def sample_two(self, gen: torch.Generator | None = None) -> None:
+        """Sample two paths per layer for a binary-gate architecture step."""
+        for m in self.layers:
+            m.sample_two(gen)
+
+    def rescale(self) -> None:
+        for m in self.layers:
+            m.rescale()
+
+    def set_choices(self, choices: Sequence[int]) -> None:
+        """Run exactly these candidate indices (one per layer)."""
+        if len(choices) != len(self.layers):
+            raise ConfigError(f"expected {len(self.layers)} choices, got {len(choices)}")
+        for m, c in zip(self.layers, choices):
+            m.set_active(c)
+
+    def set_all_paths(self, on: bool = True) -> None:
+        """DARTS-style mixed ops (every path runs, weighted by p); for the memory benchmark."""
+        for m in self.layers:
+            m.involved = ()
+            m.all_paths = on
+
+    def argmax(self) -> list[int]:
+        return [m.argmax() for m in self.layers]
+
+    def set_argmax(self) -> list[int]:
+        """Run the derived architecture (argmax α per layer); returns its choices."""
+        choices = self.argmax()
+        self.set_choices(choices)
+        return choices
+
+    def names(self, choices: Sequence[int]) -> list[str]:
+        return [m.candidates[c] for m, c in zip(self.layers, choices)]
+
+    def indices(self, names: Sequence[str]) -> list[int]:
+        return [m.candidates.index(n) for m, n in zip(self.layers, names)]
+
+    def derived_arch(self, space: Space | None = None) -> Arch:
+        """The argmax architecture in ``space`` (e.g. the deployment space; default: this one)."""
+        return (space or self.space).arch(self.names(self.argmax()))
+
+    def probs(self) -> list[torch.Tensor]:
+        """Detached path probabilities of every layer."""
+        return [m.probs.detach() for m in self.layers]
+
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the layers' path distributions."""
+        return sum(m.entropy() for m in self.layers) / len(self.layers)

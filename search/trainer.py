@@ -1,0 +1,386 @@
+"""The search loop: weight steps on one sampled path, architecture steps by binary-gate gradient
+or REINFORCE, per-epoch log, checkpoints and resume.
+
+Each epoch runs ``train_batches`` weight steps (SGD, Nesterov, cosine learning rate, weight decay
+= the paper's λ1‖w‖²). After the ``warmup_epochs`` weights-only epochs, every ``arch_every``-th
+weight step is followed by an architecture step on a held-out batch (Adam on α, β1 = 0, as the
+official code). The derived architecture is the argmax of α per layer.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latbench.errors import ConfigError, LatbenchError
+from latbench.space import Arch, Space
+from search.data import Dataset, Split
+from search.latency import LatencyModel
+from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, reinforce_reward
+from search.supernet import Supernet
+
+log = logging.getLogger(__name__)
+
+MODES = ("gradient", "reinforce")
+CHECKPOINT_FORMAT = "latbench-search-checkpoint-1"
+#: Settings a resumed run must share with its checkpoint (others, e.g. ``epochs``, may change).
+RESUME_MUST_MATCH = ("mode", "resolution", "batch_size", "seed", "latency_loss", "target_latency", "lambda2")
+LOG_FIELDS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_acc", "expected_latency_ms",
+              "derived_latency_ms", "alpha_entropy", "arch_steps", "arch_loss", "reward", "baseline",
+              "seconds", "arch")
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search (defaults follow the official code where it has one)."""
+
+    mode: str = "gradient"
+    latency_loss: str | None = None  # None: 'mul#log' with a target latency, else 'paper'
+    lambda2: float | None = None  # None: the form's default (see search.losses.DEFAULT_LAMBDA)
+    target_latency: float | None = None  # ms, at the predictor's deployment resolution
+    mul_alpha: float = 0.2
+    mul_beta: float = 0.3
+    epochs: int = 10
+    warmup_epochs: int | None = None  # None: a quarter of the epochs (the official 40 of 160)
+    train_batches: int | None = None  # per epoch; None = the whole training split
+    val_batches: int | None = 20  # per-epoch validation of the derived net
+    test_batches: int | None = None  # final test of the derived net; None = whole test split
+    bn_calib_batches: int = 10  # recompute BN statistics of the derived net before evaluating it
+    batch_size: int = 64
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    arch_lr: float = 1e-3
+    arch_every: int = 5
+    rl_samples: int = 10
+    rl_tradeoff: float = 0.1
+    rl_baseline_decay: float = 0.99
+    resolution: int = 28
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown --mode {self.mode!r}; choose gradient or reinforce")
+        if self.latency_loss is None:
+            self.latency_loss = "mul#log" if self.target_latency is not None else "paper"
+        check_form(self.latency_loss, self.target_latency)
+        if self.mode == "reinforce" and self.target_latency is None:
+            raise ConfigError("--mode reinforce needs --target-latency T (ms): the reward is acc·(T/LAT)^w")
+        for name in ("epochs", "batch_size", "arch_every", "rl_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_batches", "val_batches", "test_batches"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = int(round(self.epochs * 0.25))
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+
+    @property
+    def lam(self) -> float:
+        return DEFAULT_LAMBDA[self.latency_loss] if self.lambda2 is None else self.lambda2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], optimizer: torch.optim.Optimizer,
+                     n_samples: int, gen: torch.Generator | None, baseline: float | None,
+                     decay: float = 0.99) -> tuple[float, float, float]:
+    """One REINFORCE step on α: sample ``n_samples`` architectures, ascend
+    ``Σ_i (R_i − b)·∇α log p(arch_i)`` and update the moving-average baseline ``b``.
+
+    Returns ``(new baseline, mean reward, surrogate loss)``."""
+    optimizer.zero_grad(set_to_none=True)
+    samples = []
+    for _ in range(n_samples):
+        choices = net.sample(gen)
+        samples.append((choices, float(reward_fn(choices))))
+    rewards = [r for _, r in samples]
+    mean_r = sum(rewards) / len(rewards)
+    b = mean_r if baseline is None else baseline
+    loss = torch.zeros((), device=net.layers[0].alpha.device)
+    for choices, r in samples:
+        logp = sum(F.log_softmax(m.alpha, 0)[c] for m, c in zip(net.layers, choices))
+        loss = loss - (r - b) * logp
+    loss = loss / n_samples
+    loss.backward()
+    optimizer.step()
+    new_b = mean_r if baseline is None else decay * baseline + (1 - decay) * mean_r
+    return new_b, mean_r, float(loss)
+
+
+class ProxylessSearch:
+    """A ProxylessNAS search on ``data`` with the latencies of ``predictor``.
+
+    ``out`` (optional) receives ``log.csv`` and ``checkpoint.pt`` after every epoch."""
+
+    def __init__(self, config: SearchConfig, predictor: Any, data: Dataset, out: str | Path | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.out = Path(out) if out is not None else None
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available to torch; use --device cpu")
+        deploy: Space = predictor.deployment_space()
+        self.train_space = Space(config.resolution, deploy.width_mult, data.n_classes, data.in_channels)
+        self.latency = LatencyModel(predictor, self.train_space)
+        torch.manual_seed(config.seed)
+        self.net = Supernet(self.train_space).to(self.device)
+        self.w_opt = torch.optim.SGD(list(self.net.weight_parameters()), lr=config.lr, momentum=config.momentum,
+                                     nesterov=True, weight_decay=config.weight_decay)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=config.arch_lr, betas=(0.0, 0.999), eps=1e-8)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.baseline: float | None = None
+        self.epoch = 0  # completed epochs
+        self.history: list[dict[str, Any]] = []
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _to(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Train the weights of one sampled path (the others are not run); returns (loss, acc)."""
+        self.net.train()
+        self.net.sample(self.gen)
+        out = self.net(x)
+        loss = F.cross_entropy(out, y)
+        self.w_opt.zero_grad(set_to_none=True)  # unsampled paths keep grad None: SGD skips them
+        loss.backward()
+        self.w_opt.step()
+        return loss.item(), _accuracy(out.detach(), y)
+
+    def expected_latency(self) -> torch.Tensor:
+        """E[LAT] (ms) at the deployment resolution, differentiable in α."""
+        return self.latency.expected(self.net.arch_parameters())
+
+    def _freeze_weights(self, frozen: bool) -> None:
+        for p in self.net.weight_parameters():
+            p.requires_grad_(not frozen)
+
+    def arch_step_gradient(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Binary-gate update of α on a held-out batch: two sampled paths per layer, the objective
+        with E[LAT], Adam on α, then the rescaling that keeps unsampled paths' probabilities."""
+        c = self.config
+        self.net.train()
+        self.net.sample_two(self.gen)
+        self._freeze_weights(True)  # only α needs gradients here
+        try:
+            ce = F.cross_entropy(self.net(x), y)
+            loss = latency_loss(ce, self.expected_latency(), c.latency_loss, c.lam, c.target_latency,
+                                c.mul_alpha, c.mul_beta)
+            self.a_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.a_opt.step()
+            self.net.rescale()
+        finally:
+            self._freeze_weights(False)
+            for m in self.net.layers:
+                m.involved = ()
+        return loss.item()
+
+    def arch_step_reinforce(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """REINFORCE update of α: reward acc·(T/LAT)^w of ``rl_samples`` sampled nets on the batch."""
+        c = self.config
+        self.net.train()  # batch statistics: running ones are a mix over paths
+
+        def reward(choices: list[int]) -> float:
+            with torch.no_grad():
+                acc = _accuracy(self.net(x), y)
+            return reinforce_reward(acc, self.latency.of_choices(choices), c.target_latency, c.rl_tradeoff)
+
+        self.baseline, mean_r, loss = reinforce_update(self.net, reward, self.a_opt, c.rl_samples, self.gen,
+                                                       self.baseline, c.rl_baseline_decay)
+        return loss, mean_r
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate_bn(self, split: Split, batches: int, seed: int) -> None:
+        """Recompute BN running statistics for the currently active paths (a cumulative average
+        over ``batches`` training batches): running statistics gathered while paths changed
+        every step do not fit any one network."""
+        bns = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self.net.train()
+        for x, _ in split.batches(self.config.batch_size, seed, batches):
+            self.net(x.to(self.device))
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, batches: int | None, choices: Sequence[int] | None = None) -> float:
+        """Accuracy of one architecture (default: the derived one) with the supernet's weights."""
+        if choices is None:
+            self.net.set_argmax()
+        else:
+            self.net.set_choices(choices)
+        if self.config.bn_calib_batches:
+            self.calibrate_bn(self.data.train, self.config.bn_calib_batches, self.config.seed + 7919)
+        self.net.eval()
+        correct = total = 0
+        for x, y in split.batches(self.config.batch_size, None, batches, drop_last=False):
+            x, y = self._to(x, y)
+            correct += int((self.net(x).argmax(1) == y).sum())
+            total += len(y)
+        return correct / max(total, 1)
+
+    # -- derived architecture --------------------------------------------------------------------
+    def derived_arch(self) -> Arch:
+        """The argmax architecture at the predictor's deployment resolution."""
+        return self.latency.deployment_arch(self.net.names(self.net.argmax()))
+
+    def derived_latency(self) -> float:
+        """Table latency (ms) of the derived architecture."""
+        return self.latency.of_choices(self.net.argmax())
+
+    # -- epochs ----------------------------------------------------------------------------------
+    def _lr(self, step: int, total: int) -> float:
+        return 0.5 * self.config.lr * (1 + math.cos(math.pi * step / max(total, 1)))
+
+    def batches_per_epoch(self) -> int:
+        n = len(self.data.train) // self.config.batch_size
+        return min(n, self.config.train_batches) if self.config.train_batches else n
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch (weight steps, and architecture steps after the warm-up); returns its log row."""
+        c, e = self.config, self.epoch
+        t0 = time.perf_counter()
+        search = e >= c.warmup_epochs
+        n = self.batches_per_epoch()
+        total = c.epochs * n
+        valid = self.data.valid.cycle(c.batch_size, seed=c.seed * 100003 + 2 * e + 1)
+        loss_sum = acc_sum = 0.0
+        arch_losses, rewards = [], []
+        lr = c.lr
+        for b, (x, y) in enumerate(self.data.train.batches(c.batch_size, seed=c.seed * 100003 + 2 * e, limit=n)):
+            lr = self._lr(e * n + b, total)
+            for g in self.w_opt.param_groups:
+                g["lr"] = lr
+            loss, acc = self.weight_step(*self._to(x, y))
+            loss_sum += loss
+            acc_sum += acc
+            if search and (b + 1) % c.arch_every == 0:
+                xv, yv = self._to(*next(valid))
+                if c.mode == "gradient":
+                    arch_losses.append(self.arch_step_gradient(xv, yv))
+                else:
+                    l, r = self.arch_step_reinforce(xv, yv)
+                    arch_losses.append(l)
+                    rewards.append(r)
+        val_acc = self.evaluate(self.data.valid, c.val_batches)
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch, "phase": "search" if search else "warmup", "lr": round(lr, 6),
+            "train_loss": round(loss_sum / max(n, 1), 5), "train_acc": round(acc_sum / max(n, 1), 5),
+            "val_acc": round(val_acc, 5),
+            "expected_latency_ms": round(float(self.expected_latency()), 4),
+            "derived_latency_ms": round(self.derived_latency(), 4),
+            "alpha_entropy": round(self.net.entropy(), 5),
+            "arch_steps": len(arch_losses),
+            "arch_loss": round(sum(arch_losses) / len(arch_losses), 5) if arch_losses else "",
+            "reward": round(sum(rewards) / len(rewards), 5) if rewards else "",
+            "baseline": round(self.baseline, 5) if self.baseline is not None else "",
+            "seconds": round(time.perf_counter() - t0, 2),
+            "arch": ",".join(self.net.names(self.net.argmax())),
+        }
+        self.history.append(row)
+        log.info("epoch %d/%d %s: train acc %.3f val acc %.3f E[LAT] %.2f ms derived %.2f ms H %.3f (%.1fs)",
+                 self.epoch, c.epochs, row["phase"], row["train_acc"], val_acc, row["expected_latency_ms"],
+                 row["derived_latency_ms"], row["alpha_entropy"], row["seconds"])
+        if self.out is not None:
+            self.write_log()
+            self.save_checkpoint(self.out / "checkpoint.pt")
+        return row
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` epochs are done (continuing from a resumed epoch)."""
+        while self.epoch < self.config.epochs:
+            self.train_epoch()
+        return self.history
+
+    # -- persistence -----------------------------------------------------------------------------
+    def write_log(self) -> Path:
+        assert self.out is not None
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "log.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(self.history)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "config": asdict(self.config),
+            "data": self.data.name, "latency": self.latency.fingerprint(),
+            "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+            "gen": self.gen.get_state(), "baseline": self.baseline, "history": self.history,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the whole search state (atomically: a crash never leaves half a checkpoint)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint of the same search (settings, data and predictor)."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume first") from None
+        except Exception as e:  # a truncated or foreign file
+            raise ConfigError(f"--resume: cannot read checkpoint {path}: {e}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"--resume: {path} is not a search checkpoint")
+        old = state["config"]
+        for k in RESUME_MUST_MATCH:
+            if old.get(k) != getattr(self.config, k):
+                raise ConfigError(f"--resume: checkpoint {path} was made with {k}={old.get(k)!r}, this run has "
+                                  f"{k}={getattr(self.config, k)!r}; use the same setting or another --out")
+        if state["data"] != self.data.name:
+            raise ConfigError(f"--resume: checkpoint {path} was trained on {state['data']}, not {self.data.name}")
+        if state["latency"] != self.latency.fingerprint():
+            raise ConfigError(f"--resume: checkpoint {path} was made with another predictor's latencies")
+        self.net.load_state_dict(state["net"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.gen.set_state(state["gen"])
+        self.baseline = state["baseline"]
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        log.info("resumed %s at epoch %d", path, self.epoch)
+
+
+def check_epochs(config: SearchConfig) -> None:
+    if config.warmup_epochs >= config.epochs:
+        log.warning("warm-up (%d epochs) covers all %d epochs: α will not be trained",
+                    config.warmup_epochs, config.epochs)
+
+
+__all__ = ["SearchConfig", "ProxylessSearch", "reinforce_update", "MODES", "LatbenchError"]
