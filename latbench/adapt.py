@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 FORMAT = "latbench.adapted-proxy"
 FORMAT_VERSION = 1
 MAPPINGS = ("linear", "isotonic")
-RESIDUALS = ("xgboost", "none")
+RESIDUALS = ("xgboost", "none", "auto")
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 
 #: Default xgboost settings for k of 5..50 samples: shallow trees, strong shrinkage.
@@ -173,7 +173,9 @@ class ProxyAdapter:
     Parameters
     ----------
     mapping : ``"linear"`` (power law in log space) or ``"isotonic"``.
-    residual : ``"xgboost"`` (log-residual model on features) or ``"none"``.
+    residual : ``"xgboost"`` (log-residual model on features), ``"none"``, or ``"auto"``: use the
+        residual only when k-fold cross-validation on the k samples says it lowers the log error
+        (a strong proxy with few samples is often better left alone).
     xgb_params : overrides of :data:`XGB_PARAMS`.
     seed : xgboost seed.
     """
@@ -223,15 +225,32 @@ class ProxyAdapter:
         self.booster_raw_: bytes | None = None
         self.n_features_ = 0 if features is None else int(np.asarray(features).shape[1])
         self._model = None
-        if self.residual == "xgboost":
-            if features is None:
-                raise AdaptError("residual='xgboost' needs features of the samples; use residual='none'")
+        if self.residual != "none" and features is None:
+            raise AdaptError(f"residual={self.residual!r} needs features of the samples; use residual='none'")
+        self.use_residual_ = self.residual == "xgboost" or (
+            self.residual == "auto" and self._cv_prefers_residual(p, t, np.asarray(features, dtype=float)))
+        if self.use_residual_:
             Z = self._design(x, features)
             r = y - self._map(x)
             model = _xgb({**XGB_PARAMS, **(self.xgb_params or {})}, self.seed).fit(Z, r)
             self._model = model
             self.booster_raw_ = bytes(model.get_booster().save_raw(raw_format="ubj"))
         return self
+
+    def _cv_prefers_residual(self, p: np.ndarray, t: np.ndarray, f: np.ndarray, folds: int = 5) -> bool:
+        """k-fold CV on the samples: does map + residual beat the map alone in log-space MSE?"""
+        k = len(p)
+        if k < 4:
+            return False
+        order = np.random.default_rng(self.seed).permutation(k)
+        err = {"none": 0.0, "xgboost": 0.0}
+        for test in np.array_split(order, min(folds, k)):
+            train = np.setdiff1d(order, test)
+            for res in err:
+                sub = ProxyAdapter(self.mapping, res, self.xgb_params, self.seed).fit(p[train], t[train], f[train])
+                pred = sub.predict(p[test], f[test])
+                err[res] += float(np.sum((np.log(pred) - np.log(t[test])) ** 2))
+        return err["xgboost"] < err["none"]
 
     @staticmethod
     def _design(logp: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -266,7 +285,7 @@ class ProxyAdapter:
         p = np.asarray(proxy_ms, dtype=float)
         x = np.log(np.maximum(p, 1e-12))
         y = self._map(x)
-        if self.residual == "xgboost":
+        if self.use_residual_:
             if features is None:
                 raise AdaptError("this adapter has a residual model; pass the entries' features to predict()")
             f = np.asarray(features, dtype=float)
@@ -291,6 +310,7 @@ class ProxyAdapter:
                        "xgb_params": dict(self.xgb_params or {}), "seed": int(self.seed)},
             "slope": self.slope_, "intercept": self.intercept_, "iso_x": list(self.iso_x_),
             "iso_y": list(self.iso_y_), "n_samples": self.n_samples_, "n_features": self.n_features_,
+            "use_residual": bool(self.use_residual_),
             "booster_ubj": self.booster_raw_,
         }
 
@@ -303,6 +323,7 @@ class ProxyAdapter:
             self.slope_, self.intercept_ = float(state["slope"]), float(state["intercept"])
             self.iso_x_, self.iso_y_ = list(state["iso_x"]), list(state["iso_y"])
             self.n_samples_, self.n_features_ = int(state["n_samples"]), int(state["n_features"])
+            self.use_residual_ = bool(state["use_residual"])
             self.booster_raw_ = state["booster_ubj"]
         except (KeyError, TypeError, ValueError) as e:
             raise AdaptError(f"adapter state is incomplete or malformed ({e.__class__.__name__}: {e})") from None
@@ -426,9 +447,12 @@ def evaluate_once(data: AdaptData, k: int, rng: np.random.Generator, mapping: st
     preds: dict[str, np.ndarray] = {"proxy (raw)": data.proxy[te]}
     mapped = ProxyAdapter(mapping, "none", seed=seed).fit(data.proxy[tr], data.target[tr])
     preds[f"proxy + {mapping} map"] = mapped.predict_mapped(data.proxy[te])
-    if data.features is not None and residual == "xgboost":
+    if data.features is not None and residual != "none":
         ad = ProxyAdapter(mapping, "xgboost", seed=seed).fit(data.proxy[tr], data.target[tr], data.features[tr])
         preds[f"proxy + {mapping} map + xgb residual"] = ad.predict(data.proxy[te], data.features[te])
+        if residual == "auto":
+            auto = ProxyAdapter(mapping, "auto", seed=seed).fit(data.proxy[tr], data.target[tr], data.features[tr])
+            preds[f"proxy + {mapping} map + auto residual (CV)"] = auto.predict(data.proxy[te], data.features[te])
         scratch = _xgb(XGB_PARAMS, seed).fit(data.features[tr], np.log(data.target[tr]))
         preds["xgboost from scratch"] = np.exp(scratch.predict(data.features[te]))
     rows = []

@@ -222,6 +222,12 @@ def test_adapter_fits_scale_and_roundtrips(tmp_path, gold_to_raspi):
     assert meta == {"proxy": "gold_6226", "target": "raspi4"}
     np.testing.assert_allclose(back.predict(d.proxy[te], d.features[te]), ad.predict(d.proxy[te], d.features[te]),
                                rtol=1e-6)
+    auto = ProxyAdapter("linear", "auto").fit(d.proxy[tr], d.target[tr], d.features[tr])
+    assert isinstance(auto.use_residual_, bool)  # decided by 5-fold CV on the 20 samples
+    back, _ = load_adapter(save_adapter(tmp_path / "auto.pkl", auto))
+    assert back.use_residual_ == auto.use_residual_
+    np.testing.assert_allclose(back.predict(d.proxy[te], d.features[te]), auto.predict(d.proxy[te], d.features[te]),
+                               rtol=1e-6)
     iso = ProxyAdapter("isotonic", "none").fit(d.proxy[tr], d.target[tr])
     p = iso.predict(d.proxy[te])
     assert np.all(np.diff(p[np.argsort(d.proxy[te])]) >= 0)  # monotone, extrapolated beyond the samples

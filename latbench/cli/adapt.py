@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="PKL", help="write the adapted model here (plain-data .pkl)")
     p.add_argument("--mapping", choices=("linear", "isotonic"), default="linear",
                    help="monotone map of the proxy's log-latency (default linear = power law)")
-    p.add_argument("--residual", choices=("xgboost", "none"), default="xgboost",
-                   help="residual model on features (default xgboost; 'none' keeps the proxy's ranking)")
+    p.add_argument("--residual", choices=("xgboost", "auto", "none"), default="xgboost",
+                   help="residual model on features: xgboost (default), auto (xgboost only where 5-fold CV on the k samples says it lowers the error; the comparison then shows both), or none (keeps the proxy ranking)")
     p.add_argument("--eval-k", default="5,10,20,50", help="k values of the comparison (default 5,10,20,50; '' = none)")
     p.add_argument("--repeats", type=int, default=5, help="random draws of the k samples per k (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample draws")
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"proxy: {meta['proxy']} ({meta['proxy_kind']})  target: {meta['target']}  "
           f"entries with both: {len(data)}")
     print(f"adapter: {args.mapping} map in log space (slope {adapter.slope_:.3f}, intercept {adapter.intercept_:.3f})"
-          f"{' + xgboost residual' if residual == 'xgboost' else ''}, fitted on k={args.k} samples")
+          f"{' + xgboost residual' if adapter.use_residual_ else ''}, fitted on k={args.k} samples")
     if summary is not None:
         print(f"\nheld-out entries, mean over {args.repeats} draws (rho = Spearman, acc = within ±10%):")
         print(format_summary(summary))
