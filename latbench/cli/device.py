@@ -1,0 +1,92 @@
+"""``latbench device``: manage a board over SSH (facts, start/stop its TVM RPC server)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "device", help="board management over SSH: info, start/stop its RPC server",
+        description="Log into a device's board with the YAML's ssh section (OpenSSH known_hosts, agent, key files) "
+                    "— or run an emulated board here under qemu — to read its facts or to start/stop the "
+                    "runtime-only TVM RPC server (`latbench bundle`, uploaded over SFTP) that latbench measures with.")
+    dsub = p.add_subparsers(dest="device_cmd", metavar="ACTION", required=True)
+    i = dsub.add_parser("info", help="uname, CPU, cores, memory, governor, temperature, Python, TVM runtime")
+    i.add_argument("name", help="device name or YAML path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_info)
+    s = dsub.add_parser("start", help="upload the runtime bundle and start the board's RPC server")
+    s.add_argument("name")
+    s.add_argument("--tracker", default=None, metavar="HOST:PORT",
+                   help="tracker address as the board sees it (default: the YAML's rpc.host:rpc.port)")
+    s.add_argument("--bundle", default=None, help="use this bundle directory (default: built and cached)")
+    s.set_defaults(func=run_start)
+    t = dsub.add_parser("stop", help="stop the board's RPC server (its whole process group)")
+    t.add_argument("name")
+    t.set_defaults(func=run_stop)
+
+
+def _open(name: str):
+    from latbench.devices import get_device
+    from latbench.runners.ssh import open_host
+
+    device = get_device(name)
+    return device, open_host(device)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from latbench.runners.ssh import board_info, governor_warning
+
+    device, host = _open(args.name)
+    with host:
+        facts = board_info(device, host)
+    if args.json:
+        print(json.dumps(facts, indent=1))
+    else:
+        temps = ", ".join(f"{k} {v:.1f} °C" for k, v in (facts.get("temperature_c") or {}).items()) or "not readable"
+        rows = [("device", f"{device.name}{' (EMULATED)' if facts['emulated'] else ''} — {host.name}"),
+                ("uname", facts.get("uname")), ("board", facts.get("board") or "-"),
+                ("cpu", facts.get("cpu_model")), ("cores", facts.get("cores")),
+                ("memory", f"{facts.get('mem_gb')} GB"),
+                ("governor", ", ".join(facts.get("governors") or []) or "not readable"),
+                ("frequency", ", ".join(f"{f} MHz" for f in sorted(set(facts.get("freq_mhz") or []))) or "not readable"),
+                ("temperature", temps), ("python", facts.get("python")),
+                ("tvm runtime", facts.get("tvm_runtime") or "none (run `latbench device start` to install the bundle)"),
+                ("tvm_ffi", facts.get("tvm_ffi") or "none"),
+                ("rpc server", f"running (pid {facts['server']['pid']})" if facts["server"]["running"] else "stopped")]
+        for k, v in rows:
+            print(f"{k:<12} {v}")
+    warn = governor_warning(facts)
+    if warn:
+        print(f"latbench: warning: {warn}", file=sys.stderr)
+    return 0
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latbench.runners.bundle import bundle_info, cached_bundle
+    from latbench.runners.ssh import start_server
+
+    device, host = _open(args.name)
+    bundle = Path(args.bundle) if args.bundle else cached_bundle(device)
+    bundle_info(bundle)
+    with host:
+        info = start_server(device, host, bundle, tracker=args.tracker)
+    rpc = device.rpc
+    where = (f"registered with tracker {args.tracker or rpc.address} as '{rpc.key}'" if rpc.mode == "tracker"
+             else f"listening on port {info['port']}")
+    print(f"{device.name}: RPC server started on {host.name} (pid {info['pid']}), {where}; log {info['log']}")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    from latbench.runners.ssh import stop_server
+
+    device, host = _open(args.name)
+    with host:
+        was = stop_server(device, host)
+    print(f"{device.name}: RPC server {'stopped' if was else 'was not running'} on {host.name}")
+    return 0
