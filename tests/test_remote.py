@@ -1,0 +1,142 @@
+"""SSH board management against a real OpenSSH server on 127.0.0.1 (paramiko, known_hosts, SFTP, start/stop)."""
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from latbench.devices import load_device_file
+from latbench.errors import DeviceError
+from latbench.runners.rpc import free_port, port_is_open
+from remote_fixtures import sshd, write_yaml  # noqa: F401  (fixture)
+
+BOARD_PYTHON = "/usr/bin/python3"  # Debian's python3: no tvm, no numpy — a board without a TVM install
+
+
+def ssh_device(tmp_path: Path, sshd: dict, name: str = "loopboard", rpc_port: int | None = None, **ssh) -> Path:
+    """A device whose board is this machine through the test sshd (direct RPC on a free port)."""
+    cfg = {"host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(), "key_file": str(sshd["client_key"]),
+           "known_hosts": str(sshd["known_hosts"]), "python": BOARD_PYTHON, "workdir": str(tmp_path / "board"),
+           "connect_timeout": 5}
+    cfg.update(ssh)
+    return write_yaml(tmp_path / f"{name}.yaml", {
+        "name": name, "target": {"kind": "llvm", "mcpu": "native"}, "num_threads": 1,
+        "rpc": {"mode": "direct", "host": "127.0.0.1", "port": rpc_port or free_port(), "connect_timeout": 10},
+        "timing": {"number": 1, "repeat": 3, "min_repeat_ms": 1, "warmup": 1, "op_timeout": 60},
+        "ssh": cfg})
+
+
+def test_device_info_over_ssh(tmp_path, sshd, cli):
+    path = ssh_device(tmp_path, sshd)
+    code, out, err = cli("device", "info", path, "--json")
+    assert code == 0, err
+    import json
+
+    facts = json.loads(out)
+    assert facts["machine"] == os.uname().machine
+    assert facts["cores"] == os.cpu_count()
+    assert facts["python"].startswith("3.")
+    assert facts["emulated"] is False and facts["server"]["running"] is False
+    assert facts["mem_gb"] > 0
+    # Governor: unreadable in this VM (no warning) or not 'performance' (warning on stderr).
+    if facts["governors"] and facts["governors"] != ["performance"]:
+        assert "governor" in err
+
+
+def test_host_key_policies(tmp_path, sshd):
+    from latbench.runners.ssh import SSHHost
+
+    kh = tmp_path / "empty_known_hosts"
+    kh.write_text("")
+    dev = load_device_file(ssh_device(tmp_path, sshd, known_hosts=str(kh)))
+    with pytest.raises(DeviceError, match="unknown SSH host key"):
+        SSHHost(dev.ssh)  # reject (default): an unknown key is refused
+    dev = load_device_file(ssh_device(tmp_path, sshd, known_hosts=str(kh), host_key_policy="accept-new"))
+    with SSHHost(dev.ssh) as h:  # accept-new: trusted and saved like OpenSSH
+        assert h.check("echo hi").strip() == "hi"
+    assert sshd["host_key"].split()[1] in kh.read_text()
+    dev = load_device_file(ssh_device(tmp_path, sshd, known_hosts=str(kh)))
+    SSHHost(dev.ssh).close()  # now known: reject policy passes
+    # A changed key (another key recorded for this host) is always refused.
+    other = (sshd["dir"] / "clientkey.pub").read_text().split()[:2]
+    kh.write_text(f"[127.0.0.1]:{sshd['port']} {other[0]} {other[1]}\n")
+    dev = load_device_file(ssh_device(tmp_path, sshd, known_hosts=str(kh), host_key_policy="accept-new"))
+    with pytest.raises(DeviceError, match="does not match"):
+        SSHHost(dev.ssh)
+
+
+def test_ssh_errors_are_one_line(tmp_path, sshd, cli):
+    import subprocess
+
+    wrong = tmp_path / "wrongkey"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    code, _, err = cli("device", "info", ssh_device(tmp_path, sshd, key_file=str(wrong)))
+    assert code != 0 and "authentication failed" in err and len(err.strip().splitlines()) == 1
+    dead = free_port()
+    t0 = time.monotonic()
+    code, _, err = cli("device", "info", ssh_device(tmp_path, sshd, port=dead))
+    assert code != 0 and "cannot reach" in err and f"127.0.0.1:{dead}" in err
+    assert time.monotonic() - t0 < 10
+    code, _, err = cli("device", "info", ssh_device(tmp_path, sshd, password_env="LATBENCH_NO_SUCH_VAR"))
+    assert code != 0 and "LATBENCH_NO_SUCH_VAR" in err
+
+
+def test_clear_text_password_needs_opt_in(tmp_path, sshd):
+    from latbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ssh.password"):
+        load_device_file(ssh_device(tmp_path, sshd, password="hunter2"))
+    with pytest.raises(ConfigError, match="host_key_policy"):
+        load_device_file(ssh_device(tmp_path, sshd, host_key_policy="yes"))
+
+
+def test_start_time_stop_server_over_ssh(tmp_path, sshd, cli, x86_set):
+    """`device start` uploads the runtime bundle over SFTP and runs the tvm-free server with a python that
+    has no tvm; an op is timed through it; `device stop` kills its process group."""
+    import numpy as np
+    import tvm.rpc
+
+    from latbench.artifacts import load_manifest
+    from latbench.devices import Timing
+    from latbench.runners.rpc import time_library
+
+    path = ssh_device(tmp_path, sshd)
+    dev = load_device_file(path)
+    code, out, err = cli("device", "start", path)
+    assert code == 0, err
+    try:
+        pid = int(out.split("(pid ")[1].split(")")[0])
+        assert (tmp_path / "board" / "bundle" / "lib" / "libtvm_runtime.so").exists()  # uploaded over SFTP
+        assert port_is_open("127.0.0.1", dev.rpc.port)
+        _, entries = load_manifest(x86_set)
+        art = entries[0][1]
+        sess = tvm.rpc.connect("127.0.0.1", dev.rpc.port, session_timeout=60)
+        res = time_library(sess, art.lib, np.load(art.input), Timing(repeat=3, min_repeat_ms=1),
+                           expected=np.load(art.expected))
+        del sess
+        assert res["median_ms"] > 0 and res["max_abs_err"] < 1e-4
+        code, out, err = cli("device", "start", path)
+        assert code != 0 and "already running" in err
+    finally:
+        code, out, err = cli("device", "stop", path)
+    assert code == 0 and "stopped" in out
+    assert not port_is_open("127.0.0.1", dev.rpc.port)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # gone (or a zombie waiting for PID 1 to reap it)
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        if "State:\tZ" in state:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"board server pid {pid} still running after `device stop`")
+    code, out, _ = cli("device", "stop", path)
+    assert code == 0 and "was not running" in out
+
+
+from remote_fixtures import x86_set  # noqa: E402,F401  (fixture)
