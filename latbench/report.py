@@ -269,7 +269,11 @@ def section_our_correlation(found: Found, bootstrap: int) -> str:
             parts.append(_note(f"Cross-device correlation of {label} latencies needs {label} tables of two or more "
                                f"devices (found {0 if mat is None else mat.shape[1]})."))
             continue
-        res = rank_correlations(mat, bootstrap=bootstrap)
+        try:
+            res = rank_correlations(mat, bootstrap=bootstrap)
+        except LatbenchError as e:  # e.g. two devices that measured disjoint sets of ops
+            parts.append(_note(f"{label} tables: {e}"))
+            continue
         title = f"Spearman ρ of {label} latencies between our devices"
         parts.append(_img(correlation_heatmap(res.spearman, title), title))
         pairs = res.pairs()
