@@ -389,6 +389,43 @@ def load_adapter(path: str | Path) -> tuple[ProxyAdapter, dict[str, Any]]:
     return ProxyAdapter.from_state(doc["state"]), doc.get("meta", {})
 
 
+class AdaptedArchPredictor:
+    """A proxy predictor of our space plus a fitted adapter: predicts the target device's latency
+    of architectures (``Arch``, dict or JSON), like the predictors it wraps."""
+
+    def __init__(self, adapter: ProxyAdapter, proxy: Any, target: str | None = None) -> None:
+        self.adapter = adapter
+        self.proxy = proxy
+        self.target = target
+
+    def predict(self, archs: Any) -> float | np.ndarray:
+        """Target latency (ms) of one architecture or an array for a list."""
+        import json
+
+        from latbench.space import Arch
+
+        single = isinstance(archs, (Arch, dict, str))
+        items = [archs] if single else list(archs)
+        objs = [a if isinstance(a, Arch) else Arch.from_dict(json.loads(a) if isinstance(a, str) else a)
+                for a in items]
+        proxy_ms = np.asarray(self.proxy.predict(objs), dtype=float)
+        feats = np.vstack([arch_features(a) for a in objs])
+        out = self.adapter.predict(proxy_ms, feats)
+        return float(out[0]) if single else out
+
+
+def load_adapted_predictor(path: str | Path, proxy_path: str | Path | None = None) -> AdaptedArchPredictor:
+    """Load an adapter fitted with ``latbench adapt --proxy PREDICTOR`` together with its proxy
+    predictor (from ``proxy_path``, else the path recorded in the file)."""
+    adapter, meta = load_adapter(path)
+    if meta.get("proxy_kind") != "predictor":
+        raise AdaptError(f"{path} adapts the device column {meta.get('proxy')!r} of a table, not a predictor; "
+                         "use load_adapter() and pass the proxy latencies yourself")
+    from predictors import load_predictor
+
+    return AdaptedArchPredictor(adapter, load_predictor(proxy_path or meta["proxy"]), meta.get("target"))
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------

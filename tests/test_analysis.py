@@ -315,6 +315,16 @@ def test_adapt_cli_with_predictor_file(capsys, tmp_path):
     curve = {r["method"]: r for r in d["curve"]}
     assert curve["proxy (raw)"]["acc10"] < 0.2 < curve["proxy + linear map"]["acc10"]
     assert load_adapter(tmp_path / "ad.pkl")[1]["target"] == "board"
+    from latbench.adapt import load_adapted_predictor
+
+    adapted = load_adapted_predictor(tmp_path / "ad.pkl")
+    held = [space.sample(1000 + i) for i in range(30)]
+    truth = np.array([3 * sum(op_features(o)["act_bytes"] / 1e9 + op_features(o)["flops"] / 5e9
+                              for o in a.op_specs) for a in held])
+    err = np.abs(adapted.predict(held) - truth) / truth
+    raw = np.abs(adapted.proxy.predict(held) - truth) / truth
+    assert np.median(err) < 0.15 < np.median(raw)
+    assert isinstance(adapted.predict(held[0].to_json()), float)
 
 
 def test_latbench_entry_point_runs_monotonicity():
