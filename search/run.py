@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "arch": arch.to_dict(),
         "predicted_ms": searcher.latency.predict(arch),
-        "expected_latency_ms": float(searcher.expected_latency()),
+        "expected_latency_ms": searcher.expected_latency().item(),
         "deployment": {"resolution": arch.resolution, "width_mult": arch.width_mult, "n_classes": arch.n_classes},
         "latency_bounds_ms": searcher.latency.bounds(),
         "val_acc": searcher.history[-1]["val_acc"] if searcher.history else None,

@@ -125,7 +125,7 @@ def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], opt
     loss.backward()
     optimizer.step()
     new_b = mean_r if baseline is None else decay * baseline + (1 - decay) * mean_r
-    return new_b, mean_r, float(loss)
+    return new_b, mean_r, loss.item()
 
 
 class ProxylessSearch:
@@ -154,12 +154,16 @@ class ProxylessSearch:
         self.history: list[dict[str, Any]] = []
 
     # -- steps -----------------------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        if not self.net.training:  # .train() walks every module of every candidate: skip if already set
+            self.net.train()
+
     def _to(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """Train the weights of one sampled path (the others are not run); returns (loss, acc)."""
-        self.net.train()
+        self._train_mode()
         self.net.sample(self.gen)
         out = self.net(x)
         loss = F.cross_entropy(out, y)
@@ -180,7 +184,7 @@ class ProxylessSearch:
         """Binary-gate update of α on a held-out batch: two sampled paths per layer, the objective
         with E[LAT], Adam on α, then the rescaling that keeps unsampled paths' probabilities."""
         c = self.config
-        self.net.train()
+        self._train_mode()
         self.net.sample_two(self.gen)
         self._freeze_weights(True)  # only α needs gradients here
         try:
@@ -200,7 +204,7 @@ class ProxylessSearch:
     def arch_step_reinforce(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """REINFORCE update of α: reward acc·(T/LAT)^w of ``rl_samples`` sampled nets on the batch."""
         c = self.config
-        self.net.train()  # batch statistics: running ones are a mix over paths
+        self._train_mode()  # batch statistics: running ones are a mix over paths
 
         def reward(choices: list[int]) -> float:
             with torch.no_grad():
@@ -294,7 +298,7 @@ class ProxylessSearch:
             "epoch": self.epoch, "phase": "search" if search else "warmup", "lr": round(lr, 6),
             "train_loss": round(loss_sum / max(n, 1), 5), "train_acc": round(acc_sum / max(n, 1), 5),
             "val_acc": round(val_acc, 5),
-            "expected_latency_ms": round(float(self.expected_latency()), 4),
+            "expected_latency_ms": round(self.expected_latency().item(), 4),
             "derived_latency_ms": round(self.derived_latency(), 4),
             "alpha_entropy": round(self.net.entropy(), 5),
             "arch_steps": len(arch_losses),
