@@ -1,0 +1,87 @@
+"""``latbench fit-predictor``: fit a LUT or xgboost latency predictor and save it as a safe ``.pkl``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-predictor", help="fit a latency predictor (LUT or xgboost) from op tables",
+        description="Fit a latency predictor on measured op tables (ops-<backend>.parquet; several may be given, "
+                    "all from one device) or import the official ProxylessNAS latency table (YAML), and save it "
+                    "as a .pkl that holds plain data only (safe to load).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", nargs="+", metavar="PATH", help="op tables (Parquet/CSV files or directories)")
+    src.add_argument("--proxylessnas-yaml", metavar="FILE",
+                     help="an official-format latency table ({op_key: {count, mean, var}}, ms); gives a LUT")
+    p.add_argument("--kind", choices=("lut", "xgb"), default="lut",
+                   help="lut: sum of measured op latencies; xgb: gradient-boosted trees on op features, which "
+                        "also predicts unmeasured ops (default: lut)")
+    p.add_argument("--fallback", action="store_true",
+                   help="lut only: fill ops missing from the table with an xgboost model fitted on the same table")
+    p.add_argument("--out", "-o", required=True, help="output .pkl path")
+    p.add_argument("--resolution", "-r", type=int, default=None,
+                   help="deployment resolution (default: inferred from the table's stem ops)")
+    p.add_argument("--width", "-w", type=float, default=None, dest="width_mult",
+                   help="deployment width multiplier (default: inferred)")
+    p.add_argument("--classes", type=int, default=None, dest="n_classes", help="classifier outputs (default: inferred)")
+    p.add_argument("--calibration", nargs="+", metavar="ARCH_TABLE", default=None,
+                   help="fit the offset/scale calibration on measured whole networks (archs-<backend>.parquet)")
+    p.add_argument("--n-estimators", type=int, default=None, help="xgb only: boosting rounds")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run)
+
+
+def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[float]]:
+    """Archs and measured median ms from arch tables (ok rows; refuses another device's table)."""
+    from latbench.errors import LatbenchError
+    from latbench.space import Arch
+    from latbench.tables import concat_tables, ok_rows
+
+    df = concat_tables(paths)
+    if "arch" not in df.columns:
+        raise LatbenchError(f"{', '.join(paths)}: not an architecture table (no 'arch' column); "
+                            "pass archs-<backend>.parquet")
+    devices = set(df["device"].dropna()) if "device" in df else set()
+    if device and devices and devices != {device}:
+        raise LatbenchError(f"calibration tables are from device {', '.join(sorted(devices))} but the op tables "
+                            f"from {device!r}; calibrate with the same device's measurements")
+    df = ok_rows(df)
+    archs = [Arch.from_dict(json.loads(a) if isinstance(a, str) else a, "calibration table") for a in df["arch"]]
+    return archs, [float(v) for v in df["median_ms"]]
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.errors import LatbenchError
+    from predictors import GBDTPredictor, LUTPredictor, save_predictor
+
+    space_kw = {k: getattr(args, k) for k in ("resolution", "width_mult", "n_classes") if getattr(args, k)}
+    if args.proxylessnas_yaml:
+        if args.kind != "lut":
+            raise LatbenchError("--proxylessnas-yaml gives a LUT; drop --kind xgb (or fit xgb on --table)")
+        pred = LUTPredictor.from_proxylessnas_yaml(args.proxylessnas_yaml, **space_kw)
+    else:
+        if args.kind == "xgb":
+            if args.fallback:
+                raise LatbenchError("--fallback only applies to --kind lut")
+            pred = GBDTPredictor(**({"n_estimators": args.n_estimators} if args.n_estimators else {}))
+        else:
+            pred = LUTPredictor(fallback=GBDTPredictor() if args.fallback else None)
+        pred.fit(args.table, **space_kw)
+    if args.calibration:
+        archs, ms = calibration_data(args.calibration, pred.device_)
+        if not archs:
+            raise LatbenchError("the calibration tables hold no successfully measured architectures")
+        pred.fit_calibration(archs, ms)
+    path = save_predictor(pred, args.out)
+    info = {"out": str(path), **pred.describe()}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        sp = info["space"]
+        cal = info["calibration"]
+        print(f"{pred.kind} predictor fitted on {info['n_train']} ops (device {info['device']}, resolution "
+              f"{sp['resolution']}, width {sp['width_mult']:g}); calibration scale {cal['scale']:.4f} "
+              f"offset {cal['offset']:.4f} ms → {path}")
+    return 0

@@ -1,0 +1,47 @@
+"""``latbench predict``: predicted latency of an architecture from a saved predictor."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict an architecture's latency with a saved predictor",
+                       description="Load a predictor (.pkl from `latbench fit-predictor`; loading never runs code "
+                                   "from the file) and print the predicted latency of an architecture JSON.")
+    p.add_argument("--predictor", "-p", required=True, help="predictor .pkl")
+    p.add_argument("--arch", "-a", required=True, nargs="+",
+                   help="architecture JSON file(s) ({\"resolution\": 224, \"width_mult\": 1.0, \"ops\": [...]})")
+    p.add_argument("--breakdown", action="store_true", help="also print each op's predicted latency")
+    p.add_argument("--json", action="store_true", help='print {"latency_ms": ...} (a list for several archs)')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.space import Arch
+    from predictors import load_predictor
+
+    pred = load_predictor(args.predictor)
+    results = []
+    for path in args.arch:
+        arch = Arch.load(path)
+        res = {"arch": path, "latency_ms": float(pred.predict(arch))}
+        if args.breakdown:
+            ops = arch.op_specs
+            res["ops"] = [{"key": o.key, "latency_ms": float(v)} for o, v in zip(ops, pred.predict_ops(ops))]
+            res["offset_ms"] = pred.offset_
+        results.append(res)
+    if args.json:
+        out = results[0] if len(results) == 1 else results
+        if len(results) == 1 and not args.breakdown:
+            out = {"latency_ms": results[0]["latency_ms"]}
+        print(json.dumps(out, indent=None if not args.breakdown else 1))
+        return 0
+    for res in results:
+        if args.breakdown:
+            for o in res["ops"]:
+                print(f"  {o['latency_ms']:10.4f} ms  {o['key']}")
+            if res["offset_ms"]:
+                print(f"  {res['offset_ms']:10.4f} ms  calibration offset")
+        print(f"{res['latency_ms']:.4f} ms  {res['arch']}")
+    return 0

@@ -1,0 +1,177 @@
+"""Whole-network accuracy of a predictor: sample architectures, measure them end to end, compare.
+
+:func:`accuracy_metrics` works on plain arrays; :func:`evaluate_predictor` samples N random
+architectures of the predictor's deployment space, measures each whole network on a device through
+:func:`latbench.campaign.measure_archs` (resumable and cached: a rerun measures only what is
+missing), and writes the per-arch results table, the metrics and a predicted-vs-measured scatter plot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from latbench.errors import LatbenchError
+from latbench.space import Arch, Space
+from predictors.base import BasePredictor
+
+log = logging.getLogger(__name__)
+
+
+def accuracy_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """RMSE (ms), MAPE (%), share within ±5 % / ±10 % (%), bias (%), Spearman ρ and Kendall τ."""
+    from scipy import stats
+
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    if p.shape != m.shape or p.ndim != 1 or p.size == 0:
+        raise LatbenchError(f"need equally long non-empty predicted/measured arrays, got {p.shape} and {m.shape}")
+    if not (np.all(np.isfinite(m)) and np.all(m > 0)):
+        raise LatbenchError("measured latencies must be finite and > 0 ms")
+    if not np.all(np.isfinite(p)):
+        raise LatbenchError("predicted latencies must be finite")
+    rel = (p - m) / m
+    out = {"n": int(p.size), "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+           "mape_pct": float(100 * np.mean(np.abs(rel))),
+           "max_ape_pct": float(100 * np.max(np.abs(rel))),
+           "within_5_pct": float(100 * np.mean(np.abs(rel) <= 0.05)),
+           "within_10_pct": float(100 * np.mean(np.abs(rel) <= 0.10)),
+           "bias_pct": float(100 * np.mean(rel)),
+           "spearman": float("nan"), "kendall": float("nan")}
+    if p.size >= 2 and np.ptp(p) > 0 and np.ptp(m) > 0:
+        out["spearman"] = float(stats.spearmanr(p, m).statistic)
+        out["kendall"] = float(stats.kendalltau(p, m).statistic)
+    return out
+
+
+def scatter_plot(predicted: Sequence[float], measured: Sequence[float], path: str | Path,
+                 title: str = "", metrics: dict[str, float] | None = None) -> Path:
+    """Predicted vs measured (ms) with the y = x line and the ±10 % band; PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    lo, hi = float(min(p.min(), m.min())) * 0.9, float(max(p.max(), m.max())) * 1.1
+    xs = np.linspace(lo, hi, 100)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(xs, xs, color="tab:green", lw=1)
+    ax.scatter(m, p, s=14, color="tab:blue", alpha=0.8, label="architectures")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    if metrics:
+        ax.text(0.03, 0.97, f"n={metrics['n']}  within ±10 %: {metrics['within_10_pct']:.1f} %\n"
+                f"MAPE {metrics['mape_pct']:.2f} %  RMSE {metrics['rmse_ms']:.3f} ms\n"
+                f"Spearman {metrics['spearman']:.3f}  Kendall {metrics['kendall']:.3f}",
+                transform=ax.transAxes, va="top", fontsize=8, family="monospace")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sample_archs(space: Space, n: int, seed: int = 0, exclude: Sequence[str] = ()) -> list[Arch]:
+    """``n`` distinct uniformly random architectures of ``space`` (deterministic per seed)."""
+    if n < 1:
+        raise LatbenchError(f"number of architectures must be >= 1, got {n}")
+    rng = random.Random(seed)
+    seen, out = set(exclude), []
+    while len(out) < n:
+        a = space.sample(rng)
+        if a.key not in seen:
+            seen.add(a.key)
+            out.append(a)
+    return out
+
+
+def check_device(pred: BasePredictor, device: str) -> None:
+    """A predictor fitted on one device's tables must not be judged against another device."""
+    if pred.device_ and pred.device_ != device:
+        raise LatbenchError(f"the predictor was fitted on tables of device {pred.device_!r} but the target is "
+                            f"{device!r}; evaluate it on {pred.device_!r} or fit one on {device!r}'s tables")
+
+
+def measured_latencies(archs: Sequence[Arch], device: Any, out_dir: str | Path, backend: str | None = None,
+                       progress: bool = False) -> tuple[list[Arch], np.ndarray]:
+    """Measure whole networks (cached/resumable); returns the archs measured OK and their median ms."""
+    from latbench.campaign import measure_archs  # deferred: imports the build machinery
+
+    df = measure_archs(list(archs), device, out_dir, backend=backend, progress=progress)
+    ok = df[(df["status"] == "ok") & df["median_ms"].notna() & (df["median_ms"] > 0)] if len(df) else df
+    n_bad = len(archs) - len(ok)
+    if n_bad:
+        log.warning("%d of %d architectures failed to measure; evaluating the rest", n_bad, len(archs))
+    by_key = {a.key: a for a in archs}
+    got = [(by_key[k], float(v)) for k, v in zip(ok["key"], ok["median_ms"]) if k in by_key]
+    if not got:
+        name = getattr(device, "name", device)
+        raise LatbenchError(f"no architecture could be measured on {name} (see the errors in the archs "
+                            f"table under {out_dir})")
+    return [a for a, _ in got], np.array([v for _, v in got])
+
+
+def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 200,
+                       out_dir: str | Path = "data", seed: int = 0, backend: str | None = None,
+                       calibrate: int = 0, report_dir: str | Path | None = None, name: str = "predictor",
+                       progress: bool = False) -> dict[str, Any]:
+    """Sample ``n`` archs at the deployment space, measure them, compare with ``pred``.
+
+    ``calibrate=K`` first measures K other random archs (a disjoint sample) and fits the predictor's
+    calibration on them; metrics are then reported both raw (before) and calibrated (after).
+    ``device`` is a :class:`latbench.devices.Device`, a device name or a YAML path. Writes
+    ``<report_dir>/<name>-eval.{csv,json,png}`` (default ``report_dir``: ``out_dir/<device>/eval``).
+    """
+    from latbench.devices import Device, get_device
+
+    pred._check_fitted()
+    device = device if isinstance(device, Device) else get_device(str(device))
+    check_device(pred, device.name)
+    space = pred.deployment_space()
+    archs = sample_archs(space, n, seed)
+    archs, measured = measured_latencies(archs, device, out_dir, backend, progress)
+    result: dict[str, Any] = {"predictor": pred.describe(), "device": device.name, "seed": seed,
+                              "space": {"resolution": space.resolution, "width_mult": space.width_mult,
+                                        "n_classes": space.n_classes}}
+    predicted = np.asarray(pred.predict(archs))
+    result["metrics"] = accuracy_metrics(predicted, measured)
+    if calibrate:
+        cal = sample_archs(space, calibrate, seed + 10_000, exclude=[a.key for a in archs])
+        cal, cal_ms = measured_latencies(cal, device, out_dir, backend, progress)
+        pred.fit_calibration(cal, cal_ms)
+        result["metrics_raw"] = result["metrics"]
+        predicted = np.asarray(pred.predict(archs))
+        result["metrics"] = accuracy_metrics(predicted, measured)
+        result["calibration"] = dict(pred.calibration_)
+    report_dir = Path(report_dir) if report_dir else Path(out_dir) / device.name / "eval"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"key": [a.key for a in archs], "arch": [a.to_json() for a in archs],
+                          "measured_ms": measured, "predicted_ms": predicted,
+                          "error_pct": 100 * (predicted - measured) / measured})
+    table.to_csv(report_dir / f"{name}-eval.csv", index=False)
+    result["table"] = str(report_dir / f"{name}-eval.csv")
+    title = f"{name} on {device.name} (r{space.resolution}, n={len(archs)})"
+    result["plot"] = str(scatter_plot(predicted, measured, report_dir / f"{name}-eval.png", title,
+                                      result["metrics"]))
+    (report_dir / f"{name}-eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    result["json"] = str(report_dir / f"{name}-eval.json")
+    return result
+
+
+def format_metrics(m: dict[str, float]) -> str:
+    """One human-readable line of metrics."""
+    return (f"n={m['n']}  RMSE {m['rmse_ms']:.3f} ms  MAPE {m['mape_pct']:.2f} %  "
+            f"within ±5 % {m['within_5_pct']:.1f} %  ±10 % {m['within_10_pct']:.1f} %  "
+            f"Spearman {m['spearman']:.4f}  Kendall {m['kendall']:.4f}")
