@@ -216,13 +216,19 @@ def schedule_primfunc(func: Any, target: Any) -> tuple[Any, str]:
     return sch.mod["main"], "+".join(rules) or "none"
 
 
+def is_scheduled(func: Any) -> bool:
+    """Whether a PrimFunc is already scheduled (by a rule, dlight or a tuning record)."""
+    attrs = func.attrs
+    return attrs is not None and "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])
+
+
 def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     """Schedule every PrimFunc of a legalized, fused Relax module; returns it and notes."""
     import tvm
 
     notes: dict[str, Any] = {"rules": {}, "fallbacks": [], "vector_lanes": vector_lanes(target)}
     for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tir.is_scheduled"):
+        if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
             continue
         name = gv.name_hint
         try:
@@ -232,7 +238,7 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
             notes["fallbacks"].append({"func": name, "error": (msg[-1] if msg else type(exc).__name__)[:300]})
             log.warning("schedule rule failed for %s, using the unscheduled function: %s", name, exc)
             continue
-        new = new.with_attr("global_symbol", name).with_attr("tir.is_scheduled", True)
+        new = new.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
         mod[gv] = new
         notes["rules"][name] = rule
     return mod, notes
