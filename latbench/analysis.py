@@ -112,14 +112,30 @@ def is_long(df: pd.DataFrame) -> bool:
     return all(c in df.columns for c in LONG_COLUMNS)
 
 
-def long_to_matrix(df: pd.DataFrame, value: str = "median_ms") -> pd.DataFrame:
+def long_to_matrix(df: pd.DataFrame, value: str = "median_ms", kind: str | None = None,
+                   source: str = "table") -> pd.DataFrame:
     """Pivot a long table to a matrix (rows = key, columns = device or ``device/backend``).
 
     Rows whose ``status`` is not ``ok`` count as not measured (NaN); duplicates of a key on a
-    device take the median of the valid values.
+    device take the median of the valid values. ``kind`` (``ops``/``archs``) keeps one kind of
+    row; a table mixing op and architecture rows without it is an error (their latencies are on
+    different scales, so one ranking of both would mean nothing).
     """
     if value not in df.columns:
         raise AnalysisError(f"long table has no {value!r} column (columns: {', '.join(map(str, df.columns))})")
+    if "kind" in df.columns:
+        is_arch = df["kind"].astype(str) == "arch"
+        if kind == "ops":
+            df = df[~is_arch]
+        elif kind == "archs":
+            df = df[is_arch]
+        elif kind is not None:
+            raise AnalysisError(f"--kind must be 'ops' or 'archs', got {kind!r}")
+        elif is_arch.any() and not is_arch.all():
+            raise AnalysisError(f"{source} mixes op and architecture rows; pass --kind ops or --kind archs "
+                                "(or give ops-*.parquet / archs-*.parquet files)")
+        if df.empty:
+            raise AnalysisError(f"{source} has no {kind} rows")
     df = df.copy()
     vals = pd.to_numeric(df[value], errors="coerce")
     if "status" in df.columns:
@@ -180,11 +196,12 @@ def wide_to_matrix(df: pd.DataFrame, id_column: str | None = None,
 
 
 def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
-                devices: Sequence[str] | None = None) -> pd.DataFrame:
+                devices: Sequence[str] | None = None, kind: str | None = None) -> pd.DataFrame:
     """Load one or more tables (long or wide, any format) and join them on the entry id.
 
     A device name that appears in two files gets ``@<file stem>`` appended the second time.
     ``devices`` restricts (and orders) the columns; a name not found raises one clear error.
+    ``kind`` (``ops``/``archs``) selects one kind of row of our long tables.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -195,7 +212,7 @@ def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
         if df.empty:
             raise AnalysisError(f"table {p} is empty")
         if is_long(df):
-            mat = long_to_matrix(df)
+            mat = long_to_matrix(df, kind=kind, source=str(p))
         else:
             mat = wide_to_matrix(df, id_column, None, str(p))
         mats.append((p, mat))

@@ -125,6 +125,14 @@ def test_long_tables_join_on_key(tmp_path):
     # Both backends of one device in one call are told apart.
     both = load_matrix([tmp_path / "b"])
     assert sorted(both.columns) == ["cpu-b/torch", "cpu-b/tvm"]
+    # Op and architecture rows are never ranked together.
+    arch = pd.DataFrame({"key": ["r224-a", "r224-b", "r224-c"], "kind": "arch", "device": "cpu-b",
+                         "backend": "tvm", "status": "ok", "median_ms": [5.0, 6.0, 7.0]})
+    arch.to_parquet(tmp_path / "b" / "archs-tvm.parquet", index=False)
+    with pytest.raises(AnalysisError, match="mixes op and architecture rows; pass --kind"):
+        load_matrix([tmp_path / "b"])
+    assert sorted(load_matrix([tmp_path / "b"], kind="ops").columns) == ["cpu-b/torch", "cpu-b/tvm"]
+    assert len(load_matrix([tmp_path / "b"], kind="archs")) == 3
 
 
 def test_json_layouts_match_csv(tmp_path, sample):

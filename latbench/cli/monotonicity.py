@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("tables", nargs="+", metavar="TABLE", help="table files or directories (one device or many)")
     p.add_argument("--id-column", default=None,
                    help="id column of wide tables (default: the first of key, id, arch_index, arch_str, ...)")
+    p.add_argument("--kind", choices=("ops", "archs"), default=None,
+                   help="which rows of our long tables to compare (needed when a directory holds both)")
     p.add_argument("--devices", default=None, help="comma-separated device columns to compare (default: all)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N",
                    help="bootstrap resamples for the confidence intervals (0 = none; default 200)")
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from latbench.analysis import format_matrix, load_matrix, rank_correlations
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-    matrix = load_matrix(args.tables, id_column=args.id_column, devices=devices)
+    matrix = load_matrix(args.tables, id_column=args.id_column, devices=devices, kind=args.kind)
     res = rank_correlations(matrix, bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
                             kendall_bootstrap=not args.no_kendall_ci)
     if args.heatmap:
