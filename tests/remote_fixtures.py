@@ -39,7 +39,7 @@ def x86_set(tmp_path_factory) -> Path:
     from latbench.campaign import compile_jobs
 
     out = tmp_path_factory.mktemp("x86set")
-    compile_jobs(small_op_jobs(2), "local-cpu", out)
+    compile_jobs(small_op_jobs(1), "local-cpu", out)
     return out
 
 
