@@ -342,3 +342,28 @@ def test_latbench_entry_point_runs_monotonicity():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "pixel3 vs raspi4: rho=0.968" in r.stdout
+
+
+def test_adapt_cli_between_two_of_our_devices(capsys, tmp_path):
+    """Proxy and target are both our arch tables (a directory of them): features from the arch JSON."""
+    from latbench.features import op_features
+    from latbench.space import Space
+
+    space = Space()
+    archs = [space.sample(i) for i in range(30)]
+    rng = np.random.default_rng(5)
+    for dev, w_flops, w_bytes in (("fast-cpu", 1 / 2e9, 1 / 8e9), ("board", 1 / 4e8, 1 / 2e8)):
+        ms = [sum(op_features(o)["flops"] * w_flops + op_features(o)["act_bytes"] * w_bytes for o in a.op_specs)
+              * np.exp(rng.normal(0, 0.02)) for a in archs]
+        d = tmp_path / "data" / dev
+        d.mkdir(parents=True)
+        pd.DataFrame({"key": [a.key for a in archs], "kind": "arch", "arch": [a.to_json() for a in archs],
+                      "device": dev, "backend": "tvm", "status": "ok", "median_ms": ms}
+                     ).to_parquet(d / "archs-tvm.parquet", index=False)
+    code, stdout, err = run_cli(capsys, "adapt", "--proxy-column", "fast-cpu", "--target", "board", "--samples",
+                                str(tmp_path / "data"), "--k", "5", "--eval-k", "5,10", "--repeats", "2", "--json")
+    assert code == 0, err
+    d = json.loads(stdout)
+    assert d["feature_kind"] == "arch" and d["n_available"] == 30
+    curve = {(r["k"], r["method"]): r for r in d["curve"]}
+    assert curve[(10, "proxy + linear map")]["acc10"] > curve[(10, "proxy (raw)")]["acc10"]

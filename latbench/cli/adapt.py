@@ -85,7 +85,14 @@ def _data_from_column(args: argparse.Namespace):
     raw = read_any(args.samples)
     # A NAS-Bench-201 table: the cell string is the id, so features can be derived from it.
     id_col = "arch_str" if "arch_str" in raw.columns else args.id_column
-    matrix = long_to_matrix(raw) if is_long(raw) else wide_to_matrix(raw, id_col, None, str(args.samples))
+    arch_json: dict[str, str] = {}
+    if is_long(raw):
+        # Our arch tables of several devices (e.g. a directory): features from the arch JSON.
+        matrix = long_to_matrix(raw, kind="archs" if "arch" in raw.columns else None, source=str(args.samples))
+        if "arch" in raw.columns:
+            arch_json = dict(zip(raw["key"].astype(str), raw["arch"].astype(str)))
+    else:
+        matrix = wide_to_matrix(raw, id_col, None, str(args.samples))
     target = args.target
     if target is None:
         others = [c for c in matrix.columns if c != args.proxy_column]
@@ -93,6 +100,12 @@ def _data_from_column(args: argparse.Namespace):
             raise AdaptError(f"{args.samples} has {len(others)} device columns besides the proxy; choose the "
                              "target with --target")
         target = others[0]
+    if arch_json:
+        from latbench.adapt import features_for
+
+        data = data_from_wide(matrix, args.proxy_column, target, feature_kind=None)
+        data.features = features_for([arch_json[i] for i in data.ids], "arch") if len(data) else None
+        return data, {"proxy_kind": "column", "proxy": args.proxy_column, "target": target, "feature_kind": "arch"}
     data = data_from_wide(matrix, args.proxy_column, target)
     kind = "nb201" if data.features is not None else None
     return data, {"proxy_kind": "column", "proxy": args.proxy_column, "target": target, "feature_kind": kind}
