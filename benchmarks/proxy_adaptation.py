@@ -109,8 +109,7 @@ def main() -> int:
     print("   mean within ±10 % over targets:")
     print(curve_rows(agg, "acc10").round(3).to_string())
     k20 = allt[allt["k"] == 20].pivot(index="target", columns="method", values="spearman")
-    wins = (k20["proxy + linear map + xgb residual" if args.mapping == "linear" else k20.columns[2]]
-            > k20["xgboost from scratch"]).mean()
+    wins = (k20[f"proxy + {args.mapping} map + xgb residual"] > k20["xgboost from scratch"]).mean()
     print(f"   at k=20, adapted proxy beats from-scratch Spearman on {wins:.0%} of targets")
     out["one_for_all"] = {"proxy": proxy, "mean": json.loads(agg.to_json(orient="records"))}
     if args.json:
