@@ -1,0 +1,244 @@
+"""The TVM backends built in issue 7: schedule rules (x86 + aarch64), CUDA fatbins, tuning database.
+
+Fast tests cover every schedule pattern of the space (one op per pattern: stem, each MBConv shape
+class — expand 1 / expand >1, stride 1/2, residual or not — at every feature-map width, feature
+mix, classifier) at a small resolution and width 0.75, plus the 224 ops with the widest maps.
+``-m slow`` runs every distinct op of the space at 224 and 32, width 1.0 and 0.75.
+Numerics: the scheduled x86 code runs in-process (Relax VM) and is compared with PyTorch.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from latbench.backends.tvm import export_relax  # noqa: E402
+from latbench.backends.tvm_schedules import apply_rules, column_tile, prepare, row_tile, vector_lanes  # noqa: E402
+from latbench.devices import device_from_dict, get_device  # noqa: E402
+from latbench.errors import LatbenchError  # noqa: E402
+from latbench.modules import build_op_module, example_input  # noqa: E402
+from latbench.ops import OpSpec  # noqa: E402
+from latbench.space import Space  # noqa: E402
+
+X86 = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+CONFIGS = [(224, 1.0), (224, 0.75), (32, 1.0), (32, 0.75)]
+
+
+def covering_ops(space: Space) -> list[OpSpec]:
+    """One op per schedule pattern (kind, map width, stride, residual, expand 1), kernels rotated."""
+    groups: dict[tuple, list[OpSpec]] = {}
+    for op in space.distinct_ops():
+        groups.setdefault((op.kind, op.in_w, op.stride, op.idskip, op.expand == 1), []).append(op)
+    return [ops[i % len(ops)] for i, ops in enumerate(groups.values())]
+
+
+_EXPORTS: dict[str, tuple] = {}
+
+
+def exported(op: OpSpec):
+    """(torch module, input, Relax module, PyTorch output) of an op, exported once per session."""
+    if op.key not in _EXPORTS:
+        m = build_op_module(op)
+        x = example_input(op.input_shape, op.key)
+        with torch.no_grad():
+            ref = m(x).numpy()
+        _EXPORTS[op.key] = (m, x, export_relax(m, x), ref)
+    return _EXPORTS[op.key]
+
+
+def lower(op: OpSpec, target: dict):
+    _, _, mod, _ = exported(op)
+    tgt = tvm.target.Target(target)
+    return apply_rules(prepare(mod, tgt), tgt), tgt
+
+
+def check_x86(op: OpSpec) -> dict:
+    """Schedule, compile and run ``op`` on this CPU; assert it matches PyTorch; return the notes."""
+    (mod, notes), tgt = lower(op, X86)
+    assert notes["fallbacks"] == [], notes["fallbacks"]
+    assert len(notes["rules"]) >= 1
+    ex = tvm.compile(mod, target=tgt)
+    _, x, _, ref = exported(op)
+    y = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * max(scale, 1.0), err_msg=op.key)
+    return notes
+
+
+def check_aarch64(op: OpSpec) -> None:
+    """Schedule and compile ``op`` for a NEON core (no run: this machine is x86)."""
+    (mod, notes), tgt = lower(op, AARCH64)
+    assert notes["fallbacks"] == [], notes["fallbacks"]
+    assert notes["vector_lanes"] == 4
+    ex = tvm.compile(mod, target=tgt)
+    assert ex is not None
+
+
+# -- tile choice -----------------------------------------------------------------------------------
+def test_vector_lanes_follow_the_target():
+    assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "znver5"})) == 16  # AVX-512
+    assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == 8  # AVX2
+    assert vector_lanes(tvm.target.Target(AARCH64)) == 4  # NEON
+
+
+@pytest.mark.parametrize("width,lanes,tile", [(112, 8, 8), (112, 16, 16), (56, 16, 14), (28, 8, 7), (14, 8, 14),
+                                              (7, 8, 7), (7, 4, 7), (13, 4, 1), (1, 16, 1), (96, 16, 16)])
+def test_column_tile_divides_the_width(width, lanes, tile):
+    assert column_tile(width, lanes) == tile
+    assert width % column_tile(width, lanes) == 0
+
+
+def test_row_tile_divides_the_channels():
+    assert row_tile(24, 12) == 12 and row_tile(40, 12) == 10 and row_tile(1280, 8) == 8 and row_tile(3, 8) == 3
+
+
+# -- x86 numerics, aarch64 builds --------------------------------------------------------------------
+SMALL = covering_ops(Space(32, 0.75))
+BIG = [op for op in Space(224, 1.0).distinct_ops()
+       if op.kind in ("Conv", "Conv_1", "Logits") or (op.in_w == 112 and op.kernel == 7 and op.expand == 1)
+       or (op.in_w == 112 and op.kernel == 7 and op.expand == 6) or (op.in_w == 7 and op.kernel == 5 and op.expand == 6)]
+
+
+@pytest.mark.parametrize("op", SMALL, ids=lambda o: o.key)
+def test_patterns_match_pytorch_on_x86_and_build_for_aarch64(op):
+    notes = check_x86(op)
+    if op.kind == "expanded_conv":
+        assert all(r.startswith("conv") for r in notes["rules"].values()), notes["rules"]
+    check_aarch64(op)
+
+
+@pytest.mark.parametrize("op", BIG, ids=lambda o: o.key)
+def test_224_ops_match_pytorch(op):
+    check_x86(op)
+
+
+def test_a_failing_rule_falls_back_to_the_unscheduled_function(monkeypatch):
+    import latbench.backends.tvm_schedules as rules
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rule does not apply")
+
+    monkeypatch.setattr(rules, "_schedule_conv", broken)
+    op = Space(32, 0.75).fixed_ops[0]  # the stem: one conv PrimFunc
+    _, x, mod, ref = exported(op)
+    tgt = tvm.target.Target(X86)
+    lowered, notes = rules.apply_rules(prepare(mod, tgt), tgt)
+    assert [f["error"] for f in notes["fallbacks"]] == ["rule does not apply"]
+    y = relax.VirtualMachine(tvm.compile(lowered, target=tgt), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tvm_backend_builds_a_library_with_rule_notes(tmp_path):
+    from latbench.backends.base import get_backend
+
+    op = Space(32, 0.75).fixed_ops[1]
+    m, x, _, ref = exported(op)
+    notes = get_backend("tvm").build(m, x, get_device("local-cpu"), tmp_path / "lib.so")
+    assert notes["rules"] and "fallbacks" not in notes
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "lib.so")), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution,width", CONFIGS)
+def test_every_op_of_the_space(resolution, width):
+    """Every distinct op (72 per config) matches PyTorch on x86 and builds for aarch64."""
+    for op in Space(resolution, width).distinct_ops():
+        check_x86(op)
+        check_aarch64(op)
+        _EXPORTS.pop(op.key, None)
+
+
+# -- CUDA --------------------------------------------------------------------------------------------
+H100 = get_device("h100")
+CUDA_OPS = [Space(224, 1.0).fixed_ops[0], Space(224, 1.0).fixed_ops[2],
+            OpSpec.parse("expanded_conv-input:56x56x24-output:28x28x40-expand:6-kernel:7-stride:2-idskip:0")]
+
+
+def _cuda_build(op: OpSpec, device, path: Path) -> dict:
+    from latbench.backends.cuda import compile_cuda_library
+
+    return compile_cuda_library(exported(op)[2], device, path)
+
+
+@pytest.mark.parametrize("op", CUDA_OPS, ids=lambda o: o.kind)
+def test_cuda_build_contains_an_sm90_binary(op, tmp_path):
+    facts = _cuda_build(op, H100, tmp_path / "lib.so")
+    assert facts["fatbins"] >= 1 and facts["cuda_arch"] == "sm_90a"
+    assert any(a.startswith("sm_90") for a in facts["gpu_arches"])
+    # The embedded cubin is a CUDA ELF: its section headers name the kernels' .nv.info sections.
+    data = (tmp_path / "lib.so").read_bytes()
+    start = data.find(b"\x7fELF", 1)
+    assert start > 0
+    cubin = tmp_path / "cubin.elf"
+    cubin.write_bytes(data[start:])
+    sections = subprocess.run(["readelf", "-S", "-W", str(cubin)], capture_output=True, text=True).stdout
+    assert ".nv.info" in sections and ".text." in sections
+
+
+def test_generic_cuda_device_builds_for_its_arch(tmp_path):
+    dev = device_from_dict({"name": "a100", "target": {"kind": "cuda", "arch": "sm_80"}})
+    facts = _cuda_build(Space(32, 0.75).fixed_ops[2], dev, tmp_path / "lib.so")
+    assert "sm_80" in facts["gpu_arches"]
+
+
+def test_source_only_cuda_library_is_refused(tmp_path):
+    """In this process TVM's CUDA runtime is not loaded (no libcuda), so codegen embeds source only."""
+    from latbench.backends.cuda import check_gpu_binary
+
+    tgt = tvm.target.Target("nvidia/nvidia-h100")
+    with tgt:
+        ex = tvm.compile(exported(Space(32, 0.75).fixed_ops[2])[2], target=tgt)
+    ex.export_library(str(tmp_path / "src.so"))
+    with pytest.raises(LatbenchError, match="source-only"):
+        check_gpu_binary(tmp_path / "src.so", "sm_90a")
+    facts = _cuda_build(Space(32, 0.75).fixed_ops[2], H100, tmp_path / "ok.so")
+    with pytest.raises(LatbenchError, match="not sm_80"):
+        check_gpu_binary(tmp_path / "ok.so", "sm_80")
+    assert facts["fatbins"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution,width", [(224, 1.0), (32, 0.75)])
+def test_every_op_builds_for_cuda(resolution, width, tmp_path):
+    for op in Space(resolution, width).distinct_ops():
+        assert _cuda_build(op, H100, tmp_path / "lib.so")["fatbins"] >= 1, op.key
+        _EXPORTS.pop(op.key, None)
+
+
+# -- tuning database -----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tuning_database_is_reused_across_runs_and_devices(tmp_path):
+    from latbench.backends.tvm_tuned import TunedTVM, tuning_db_dir
+
+    op = Space(32, 0.75).fixed_ops[2]  # Logits: a dense and a mean task
+    m, x, _, ref = exported(op)
+    dev_a = get_device("local-cpu")
+    first = TunedTVM(trials_per_op=2, db_dir=tmp_path / "db").build(m, x, dev_a, tmp_path / "a.so")
+    assert first["tasks"] == 2 and first["tuned_tasks"] == 2 and first["tune_s"] > 0
+    records = (tuning_db_dir(dev_a.tvm_target(), tmp_path / "db") / "database_tuning_record.json").read_text()
+    assert records.strip()
+    # Another campaign, and another device with the same target: nothing is tuned again.
+    dev_b = device_from_dict({"name": "other-box", "target": dev_a.resolved_target(), "num_threads": dev_a.threads})
+    for dev, name in ((dev_a, "b.so"), (dev_b, "c.so")):
+        again = TunedTVM(trials_per_op=2, db_dir=tmp_path / "db").build(m, x, dev, tmp_path / name)
+        assert again["tuned_tasks"] == 0 and again["tune_s"] == 0.0
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / name)), tvm.cpu())
+        np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tuning_refuses_a_target_it_cannot_time_here(tmp_path):
+    from latbench.backends.tvm_tuned import TunedTVM
+
+    op = Space(32, 0.75).fixed_ops[2]
+    m, x, _, _ = exported(op)
+    pi = device_from_dict({"name": "pi", "target": AARCH64, "cross_compiler": "aarch64-linux-gnu-g++"})
+    with pytest.raises(LatbenchError, match="tune on a machine of that architecture"):
+        TunedTVM(trials_per_op=2, db_dir=tmp_path).build(m, x, pi, tmp_path / "x.so")
