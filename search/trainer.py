@@ -360,17 +360,24 @@ class ProxylessSearch:
             raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume first") from None
         except Exception as e:  # a truncated or foreign file
             raise ConfigError(f"--resume: cannot read checkpoint {path}: {e}") from None
+        self.load_state_dict(state, source=str(path))
+        log.info("resumed %s at epoch %d", path, self.epoch)
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "state", check: bool = True) -> None:
+        """Restore a :meth:`state_dict`. ``check=False`` skips the same-settings check (the latency
+        sweep starts every point from one shared warm-up)."""
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"--resume: {path} is not a search checkpoint")
-        old = state["config"]
-        for k in RESUME_MUST_MATCH:
-            if old.get(k) != getattr(self.config, k):
-                raise ConfigError(f"--resume: checkpoint {path} was made with {k}={old.get(k)!r}, this run has "
-                                  f"{k}={getattr(self.config, k)!r}; use the same setting or another --out")
+            raise ConfigError(f"--resume: {source} is not a search checkpoint")
+        if check:
+            old = state["config"]
+            for k in RESUME_MUST_MATCH:
+                if old.get(k) != getattr(self.config, k):
+                    raise ConfigError(f"--resume: checkpoint {source} was made with {k}={old.get(k)!r}, this run "
+                                      f"has {k}={getattr(self.config, k)!r}; use the same setting or another --out")
         if state["data"] != self.data.name:
-            raise ConfigError(f"--resume: checkpoint {path} was trained on {state['data']}, not {self.data.name}")
+            raise ConfigError(f"--resume: checkpoint {source} was trained on {state['data']}, not {self.data.name}")
         if state["latency"] != self.latency.fingerprint():
-            raise ConfigError(f"--resume: checkpoint {path} was made with another predictor's latencies")
+            raise ConfigError(f"--resume: checkpoint {source} was made with another predictor's latencies")
         self.net.load_state_dict(state["net"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
@@ -378,7 +385,6 @@ class ProxylessSearch:
         self.baseline = state["baseline"]
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
-        log.info("resumed %s at epoch %d", path, self.epoch)
 
 
 def check_epochs(config: SearchConfig) -> None:
