@@ -91,7 +91,8 @@ def main() -> int:
         out["pairs"][f"{proxy}->{target}"] = json.loads(s.to_json(orient="records"))
 
     proxy = args.proxy or res.spearman.mean().idxmax()
-    print(f"\n3. one proxy for all: {proxy} (highest mean rho) adapted to each of the other "
+    why = "chosen" if args.proxy else "highest mean rho"
+    print(f"\n3. one proxy for all: {proxy} ({why}) adapted to each of the other "
           f"{len(res.devices) - 1} devices; mean over targets")
     t = time.time()
     rows = []
