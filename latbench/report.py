@@ -309,7 +309,18 @@ def section_search(found: Found) -> str:
         title = f"search run {p.parent.name}/{p.name}"
         parts.append(_img(trajectories(df, title, _step_column(df)), title))
         last = df.tail(1)
-        parts.append(_table_html(last[[c for c in last.columns if pd.api.types.is_numeric_dtype(last[c])]]))
+        parts.append(_table_html(last[[c for c in last.columns if pd.api.types.is_numeric_dtype(last[c])
+                                       and last[c].notna().any()]]))
+        summary = p.parent / "summary.json"  # written by `python -m search.run`
+        if summary.exists():
+            try:
+                info = json.loads(summary.read_text())
+            except (OSError, json.JSONDecodeError):
+                info = None
+            if isinstance(info, dict):
+                parts.append(f"<details open><summary>{html.escape(str(summary))}</summary><pre>"
+                             f"{html.escape(json.dumps(info, indent=1, sort_keys=True, default=str)[:6000])}"
+                             "</pre></details>")
     return "".join(parts) or _note("No search logs found (CSV files with an epoch column under the runs directory).")
 
 

@@ -59,9 +59,13 @@ def _write_tables(root: Path) -> None:
     run = root / "runs" / "search-r224"
     run.mkdir(parents=True)
     e = np.arange(15)
-    pd.DataFrame({"epoch": e, "train_acc": 0.3 + 0.4 * (1 - np.exp(-e / 5)), "val_acc": 0.25 + 0.4 * (1 - np.exp(-e / 5)),
-                  "expected_latency_ms": 30 * np.exp(-e / 8) + 12, "alpha_entropy": 1.9 * np.exp(-e / 6)}
-                 ).to_csv(run / "search_log.csv", index=False)
+    # Columns as search/trainer.py writes them: text columns (phase, arch) and empty ones are skipped.
+    pd.DataFrame({"epoch": e, "phase": np.where(e < 5, "warmup", "search"),
+                  "train_acc": 0.3 + 0.4 * (1 - np.exp(-e / 5)), "val_acc": 0.25 + 0.4 * (1 - np.exp(-e / 5)),
+                  "expected_latency_ms": 30 * np.exp(-e / 8) + 12, "alpha_entropy": 1.9 * np.exp(-e / 6),
+                  "reward": np.nan, "arch": '{"ops": ["3x3_MBConv1"]}'}
+                 ).to_csv(run / "log.csv", index=False)
+    (run / "summary.json").write_text(json.dumps({"predicted_latency_ms": 17.2, "val_acc": 0.62}))
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +97,11 @@ def test_report_is_self_contained_with_every_section(report):
     assert sum("predicted vs measured" in a for a in imgs) == 2
     assert any("op latencies between our devices" in a for a in imgs)
     assert any("architecture latencies between our devices" in a for a in imgs)
-    assert any("search run search-r224/search_log.csv" in a for a in imgs)
+    assert any("search run search-r224/log.csv" in a for a in imgs)
     assert any("HELP NAS-Bench-201: Spearman" in a for a in imgs)
     assert any(a.startswith("Adapting gold_6226 → raspi4") for a in imgs)
     for text in ("0.27.0.post1", "rpi4-qemu cpu", "300 NAS-Bench-201 architectures", "MIT licence",
-                 "best proxy", "xgboost from scratch"):
+                 "best proxy", "xgboost from scratch", "predicted_latency_ms"):
         assert text in page, text
     assert 'class="note"' not in page.split('id="evals"')[0]  # provenance and heatmaps have data
 
