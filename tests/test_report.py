@@ -17,7 +17,6 @@ import pytest
 from latbench.cli import main
 from latbench.features import op_features
 from latbench.paths import SHARED_ENV
-from latbench.report import build_report
 from latbench.space import Space
 
 SAMPLE = Path(__file__).parent / "data" / "help_nb201_sample.csv"
