@@ -66,7 +66,7 @@ def sample_ops(n: int, rng: random.Random | int | None = None, *, resolutions: S
     tries = 0
     while len(out) < n:
         tries += 1
-        if tries > 50 * n + 1000:
+        if tries > 10 * n + 1000:
             raise LatbenchError(f"could only sample {len(out)} distinct ops of {n}: widen the ranges")
         op = sample_op(rng, resolutions, kernels, expands, p_stride2, depths=depths)
         if op.key not in seen:

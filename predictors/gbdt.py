@@ -44,15 +44,16 @@ def _base_design(F: np.ndarray) -> np.ndarray:
 class GBDTPredictor(BasePredictor):
     """xgboost regression of op latency on op features; architecture latency = Σ op predictions.
 
-    Parameters are xgboost's (CPU ``hist`` trees) plus ``base_model`` ("linear" or "none").
+    Parameters are xgboost's (CPU ``hist`` trees) plus ``base_model`` ("linear" or "none") and ``stat``,
+    the table column learned (``median_ms``).
     """
 
     kind = "gbdt"
 
     def __init__(self, n_estimators: int = 400, max_depth: int = 4, learning_rate: float = 0.05,
                  subsample: float = 0.9, colsample_bytree: float = 0.9, min_child_weight: float = 1.0,
-                 reg_lambda: float = 1.0, base_model: str = "linear", n_jobs: int = 2,
-                 random_state: int = 0) -> None:
+                 reg_lambda: float = 1.0, base_model: str = "linear", stat: str = "median_ms",
+                 n_jobs: int = 2, random_state: int = 0) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -61,6 +62,7 @@ class GBDTPredictor(BasePredictor):
         self.min_child_weight = min_child_weight
         self.reg_lambda = reg_lambda
         self.base_model = base_model
+        self.stat = stat
         self.n_jobs = n_jobs
         self.random_state = random_state
 

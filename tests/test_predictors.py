@@ -238,6 +238,21 @@ def test_crafted_pickle_refused_in_a_real_process(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("opcodes", [
+    b"cos\nsystem\n(S'touch MARKER'\ntR.",                  # GLOBAL + REDUCE (protocol 0)
+    b"(S'touch MARKER'\nios\nsystem\n.",                    # INST
+    b"cbuiltins\neval\n(S'__import__(\"os\").system(\"touch MARKER\")'\ntR.",
+    b"cbuiltins\ngetattr\n(cos\nsystem\nS'x'\ntR.",
+])
+def test_raw_exploit_opcodes_are_refused(tmp_path, opcodes):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "x.pkl"
+    path.write_bytes(opcodes.replace(b"MARKER", str(marker).encode()))
+    with pytest.raises(PredictorFileError, match="refusing to load"):
+        load_predictor(path)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("content, match", [
     (b"", "not a latbench predictor file"),
     (b"\x80\x04garbage-bytes-not-a-pickle", "not a latbench predictor file"),
@@ -399,3 +414,41 @@ def test_sample_archs_distinct_and_seeded():
     assert len({x.key for x in a}) == 30 and [x.key for x in a] == [x.key for x in sample_archs(SPACE, 30, 1)]
     b = sample_archs(SPACE, 5, seed=2, exclude=[x.key for x in a])
     assert not {x.key for x in b} & {x.key for x in a}
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end(tmp_path, measured, gbdt, cli):
+    """`latbench evaluate` really compiles and times whole networks, then scores the predictor.
+
+    Slow: three whole networks are compiled with TVM (about a minute on an idle 2-core machine).
+    """
+    from conftest import write_device
+
+    device = write_device(tmp_path, "pred-cpu",
+                          timing={"number": 1, "repeat": 5, "min_repeat_ms": 10, "warmup": 1, "op_timeout": 60})
+    pkl = save_predictor(gbdt, tmp_path / "g.pkl")
+    out, report = tmp_path / "tables", tmp_path / "report"
+    args = ["evaluate", "--predictor", pkl, "--target", device, "--n", "2", "--calibrate", "1", "--out", out,
+            "--report", report, "--json", "--save-calibrated", tmp_path / "gcal.pkl"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    res = json.loads(stdout)
+    m = res["metrics"]
+    assert m["n"] == 2 and 0 <= m["within_10_pct"] <= 100 and m["rmse_ms"] >= 0 and m["mape_pct"] >= 0
+    assert -1 <= m["spearman"] <= 1 and res["metrics_raw"]["n"] == 2 and res["calibration"]["n"] == 1
+    table = pd.read_csv(res["table"])
+    assert len(table) == 2 and (table["measured_ms"] > 0).all()
+    # The raw prediction is the sum of the GBDT's op predictions; the measured value is a whole network.
+    archs = [Arch.from_dict(json.loads(a)) for a in table["arch"]]
+    assert np.allclose(res["metrics_raw"]["rmse_ms"], np.sqrt(np.mean(
+        (gbdt.predict(archs) - table["measured_ms"].to_numpy()) ** 2)))
+    assert Path(res["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert load_predictor(tmp_path / "gcal.pkl").calibration_["n"] == 1
+    # Resumable and cached: a rerun measures nothing new and gives the same measurements.
+    code, stdout2, _ = cli(*args)
+    assert code == 0 and pd.read_csv(json.loads(stdout2)["table"])["measured_ms"].tolist() == \
+        table["measured_ms"].tolist()
+    # The predictor belongs to pred-cpu: judging it on another device is refused.
+    other = write_device(tmp_path, "other-cpu")
+    code, _, err = cli("evaluate", "--predictor", pkl, "--target", other, "--n", "3", "--out", out)
+    assert code == 2 and "fitted on tables of device 'pred-cpu' but the target is 'other-cpu'" in err

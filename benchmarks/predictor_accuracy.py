@@ -1,0 +1,129 @@
+"""Whole-network accuracy and speed of the latency predictors on a real device.
+
+Measures (resumable, cached) the space's ops plus S random MBConv configs, fits a LUT and a GBDT
+predictor, measures N random architectures end to end plus K others for calibration, and prints
+RMSE / MAPE / within ±5 % / ±10 % / Spearman / Kendall for each predictor, raw and calibrated, the
+op-level accuracy of a GBDT that never saw the space's MBConv ops, and prediction throughput.
+Goals (issue 5): ≥ 99 % of archs within ±10 % for GBDT and calibrated LUT, Spearman ≥ 0.98,
+≥ 10,000 archs/s.
+
+    python benchmarks/predictor_accuracy.py --target local-cpu --n 200 --calibrate 10 --out data/bench
+
+Rerunning with the same ``--out`` only measures what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def throughput(pred, archs, repeat: int = 3) -> float:
+    """Architectures predicted per second (best of ``repeat`` batch calls, cache warm)."""
+    pred.predict(archs[:10])
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        pred.predict(archs)
+        best = min(best, time.perf_counter() - t)
+    return len(archs) / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", default="local-cpu", help="device name or YAML (default local-cpu)")
+    ap.add_argument("--backend", default=None, help="backend (default: the tvm default)")
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--n", type=int, default=200, help="evaluated architectures (default 200)")
+    ap.add_argument("--calibrate", type=int, default=10, help="other architectures used for calibration")
+    ap.add_argument("--sample", type=int, default=100, help="random MBConv ops added to the GBDT training table")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="data/bench", help="table directory (cached, resumable)")
+    ap.add_argument("--report", default=None, help="where the JSON/PNG/CSV go (default OUT/<device>/eval)")
+    ap.add_argument("--throughput-archs", type=int, default=50_000)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from latbench.campaign import measure_ops
+    from latbench.devices import get_device
+    from latbench.sampling import sample_ops
+    from latbench.space import Space
+    from latbench.tables import ok_rows
+    from predictors import GBDTPredictor, LUTPredictor
+    from predictors.evaluate import accuracy_metrics, measured_latencies, sample_archs, scatter_plot
+
+    device = get_device(args.target)
+    space = Space(args.resolution)
+    report = Path(args.report) if args.report else Path(args.out) / device.name / "eval"
+    report.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    space_ops = space.distinct_ops()
+    extra = sample_ops(args.sample, args.seed, exclude={o.key for o in space_ops})
+    table = ok_rows(measure_ops(space_ops + extra, device, args.out, backend=args.backend, progress=True))
+    print(f"op table: {len(table)} ops ok ({len(space_ops)} of the space + {len(extra)} sampled), "
+          f"{time.time() - t0:.0f} s")
+
+    lut = LUTPredictor().fit(table, resolution=args.resolution)
+    gbdt = GBDTPredictor().fit(table, resolution=args.resolution)
+    # A GBDT that never saw the space's MBConv ops: how well does it predict them?
+    space_keys = {o.key for o in space_ops if o.kind == "expanded_conv"}
+    blind = GBDTPredictor().fit(table[~table["key"].isin(space_keys)], resolution=args.resolution)
+    held = table[table["key"].isin(space_keys)]
+    blind_m = accuracy_metrics(blind.predict_ops(list(held["key"])), held["median_ms"].to_numpy())
+
+    t1 = time.time()
+    archs, measured = measured_latencies(sample_archs(space, args.n, args.seed), device, args.out,
+                                         args.backend, progress=True)
+    cal_archs = sample_archs(space, args.calibrate, args.seed + 10_000, exclude=[a.key for a in archs])
+    cal_archs, cal_ms = measured_latencies(cal_archs, device, args.out, args.backend, progress=True)
+    print(f"whole networks: {len(archs)} evaluated + {len(cal_archs)} for calibration, {time.time() - t1:.0f} s")
+
+    results = {}
+    rows = []
+    for name, pred in (("lut", lut), ("gbdt", gbdt)):
+        raw = np.asarray(pred.predict(archs))
+        results[f"{name}-raw"] = accuracy_metrics(raw, measured)
+        pred.fit_calibration(cal_archs, cal_ms)
+        calp = np.asarray(pred.predict(archs))
+        results[f"{name}-calibrated"] = {**accuracy_metrics(calp, measured), "calibration": dict(pred.calibration_)}
+        scatter_plot(calp, measured, report / f"bench-{name}-calibrated.png",
+                     f"{name} calibrated on {len(cal_archs)} archs, {device.name} r{args.resolution}",
+                     results[f"{name}-calibrated"])
+        scatter_plot(raw, measured, report / f"bench-{name}-raw.png", f"{name} raw, {device.name}",
+                     results[f"{name}-raw"])
+        rows.append((name, raw, calp))
+
+    tp_archs = sample_archs(space, args.throughput_archs, args.seed + 20_000)
+    tp = {name: throughput(pred, tp_archs) for name, pred in (("lut", lut), ("gbdt", gbdt))}
+
+    import pandas as pd
+
+    pd.DataFrame({"key": [a.key for a in archs], "measured_ms": measured,
+                  **{f"{n}_raw_ms": r for n, r, _ in rows}, **{f"{n}_cal_ms": c for n, _, c in rows}}
+                 ).to_csv(report / "bench-archs.csv", index=False)
+    summary = {"device": device.name, "resolution": args.resolution, "n": len(archs),
+               "calibration_archs": len(cal_archs), "metrics": results,
+               "gbdt_unseen_space_ops": blind_m, "throughput_archs_per_s": tp,
+               "measured_ms_range": [float(measured.min()), float(measured.max())]}
+    (report / "bench-summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+
+    print(f"\n{device.name}, resolution {args.resolution}, {len(archs)} random architectures "
+          f"({measured.min():.2f}–{measured.max():.2f} ms measured); calibration on {len(cal_archs)} others")
+    print(f"{'predictor':<18}{'RMSE ms':>9}{'MAPE %':>8}{'±5 %':>7}{'±10 %':>7}{'Spearman':>10}{'Kendall':>9}")
+    for name, m in results.items():
+        print(f"{name:<18}{m['rmse_ms']:>9.3f}{m['mape_pct']:>8.2f}{m['within_5_pct']:>7.1f}"
+              f"{m['within_10_pct']:>7.1f}{m['spearman']:>10.4f}{m['kendall']:>9.4f}")
+    print(f"GBDT without the space's MBConv ops, on those {blind_m['n']} ops: MAPE {blind_m['mape_pct']:.1f} %, "
+          f"within ±10 % {blind_m['within_10_pct']:.1f} %, Spearman {blind_m['spearman']:.3f}")
+    print("throughput: " + ", ".join(f"{k} {v:,.0f} archs/s" for k, v in tp.items()) + " (goal ≥ 10,000)")
+    print(f"report: {report}/bench-summary.json, bench-*.png, bench-archs.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
