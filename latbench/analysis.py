@@ -57,6 +57,11 @@ def read_any(path: str | Path) -> pd.DataFrame:
         if p.is_dir() or name.endswith(".parquet"):
             from latbench.tables import read_table  # our Parquet layout (journal-aware)
 
+            if p.is_dir():
+                found = table_paths(p)
+                if not found:
+                    raise AnalysisError(f"no tables (*.parquet or *.journal.jsonl) under {p}")
+                return pd.concat([read_table(f) for f in found], ignore_index=True)
             return read_table(p)
         if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
             return pd.read_csv(p)
@@ -71,6 +76,16 @@ def read_any(path: str | Path) -> pd.DataFrame:
     except Exception as exc:  # pandas/pyarrow raise many kinds of errors for a bad file
         raise AnalysisError(f"cannot read table {p}: {exc.__class__.__name__}: {exc}") from None
     raise AnalysisError(f"{p}: unknown table format; use .parquet, .csv(.gz), .tsv, .json or .jsonl")
+
+
+def table_paths(root: str | Path) -> list[Path]:
+    """Our tables under ``root``: every ``*.parquet``, plus tables that so far exist only as a
+    journal (a campaign still running or interrupted), named by their future Parquet path."""
+    root = Path(root)
+    paths = set(root.rglob("*.parquet"))
+    for j in root.rglob("*.journal.jsonl"):
+        paths.add(j.with_name(j.name.replace(".journal.jsonl", ".parquet")))
+    return sorted(paths)
 
 
 def _json_frame(p: Path) -> pd.DataFrame:

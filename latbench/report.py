@@ -57,23 +57,16 @@ class Found:
 # --------------------------------------------------------------------------------------------
 # scanning
 # --------------------------------------------------------------------------------------------
-def _table_paths(root: Path) -> list[Path]:
-    """Parquet tables under ``root``, including ones that exist only as a journal so far."""
-    paths = {p for p in root.rglob("*.parquet")}
-    for j in root.rglob("*.journal.jsonl"):
-        paths.add(j.with_name(j.name.replace(".journal.jsonl", ".parquet")))
-    return sorted(paths)
-
-
 def scan(data_dir: str | Path | None, runs_dir: str | Path | None = None) -> Found:
     """Find our tables, predictor evaluations and search logs under the two directories."""
+    from latbench.analysis import table_paths
     from latbench.tables import read_table
 
     found = Found()
     roots = [Path(d) for d in (data_dir, runs_dir) if d is not None and Path(d).is_dir()]
     seen: set[Path] = set()
     for root in roots:
-        for p in _table_paths(root):
+        for p in table_paths(root):
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())

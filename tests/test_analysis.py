@@ -133,6 +133,17 @@ def test_long_tables_join_on_key(tmp_path):
         load_matrix([tmp_path / "b"])
     assert sorted(load_matrix([tmp_path / "b"], kind="ops").columns) == ["cpu-b/torch", "cpu-b/tvm"]
     assert len(load_matrix([tmp_path / "b"], kind="archs")) == 3
+    # A campaign still running has only a journal: it is read too.
+    j = tmp_path / "c" / "cpu-c" / "ops-tvm.journal.jsonl"
+    j.parent.mkdir(parents=True)
+    j.write_text("".join(json.dumps({"key": k, "kind": "expanded_conv", "device": "cpu-c", "backend": "tvm",
+                                     "status": "ok", "median_ms": float(v)}) + "\n"
+                         for k, v in zip(keys, base * 2)))
+    res = rank_correlations(load_matrix([a, tmp_path / "c"]), bootstrap=0)
+    assert res.n.loc["cpu-a", "cpu-c"] == 39 and res.spearman.loc["cpu-a", "cpu-c"] == pytest.approx(1.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnalysisError, match="no tables"):
+        load_matrix([tmp_path / "empty"])
 
 
 def test_json_layouts_match_csv(tmp_path, sample):
