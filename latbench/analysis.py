@@ -395,6 +395,10 @@ def rank_correlations(matrix: pd.DataFrame, bootstrap: int = 200, confidence: fl
     dropped = np.zeros((D, D), dtype=int)
     alpha = (1 - confidence) / 2
     rng = np.random.default_rng(seed)
+    work = D * (D - 1) / 2 * bootstrap * len(vals)
+    if kendall_bootstrap and work > 2e8:  # ≈ 1 min of kendalltau calls on one core
+        log.warning("Kendall bootstrap over %d pairs x %d resamples x %d entries takes minutes; "
+                    "--no-kendall-ci or a smaller --bootstrap is much faster", D * (D - 1) // 2, bootstrap, len(vals))
     for i in range(D):
         n[i, i] = ok[:, i].sum()
         dropped[i, i] = len(vals) - n[i, i]
