@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "adapt", help="adapt a proxy device's predictor to a target device from k samples",
         description="Fit a monotone (linear or isotonic, in log space) map of a proxy's latency predictions plus an "
                     "xgboost residual model on architecture features from k measured target architectures, save it, "
-                    "and report on the remaining target entries Spearman and ±10%% accuracy of the raw proxy, the "
+                    "and report on the remaining target entries Spearman and ±10 % accuracy of the raw proxy, the "
                     "adapted proxy and xgboost trained from scratch on the same k samples, for k in --eval-k. "
                     "The proxy is a predictor file (--proxy; the samples table needs an 'arch' JSON column) or a "
                     "device column of a wide table (--proxy-column, e.g. the published NAS-Bench-201 latencies).")

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report", help="write a self-contained HTML report (embedded PNGs)",
         description="Scan a table directory and a runs directory and write one HTML page with embedded figures: "
                     "provenance of every table, per-device op-latency heatmaps, predicted vs measured scatter "
-                    "(±10%% band), cross-device rank correlation, search trajectories, and the published HELP "
+                    "(±10 % band), cross-device rank correlation, search trajectories, and the published HELP "
                     "NAS-Bench-201 latencies from the shared directory ($LATBENCH_SHARED, default ../shared).")
     p.add_argument("--out", "-o", default="report.html", help="output HTML file (default report.html)")
     p.add_argument("--data", default="data", metavar="DIR", help="table directory to scan (default data)")
