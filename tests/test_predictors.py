@@ -452,3 +452,26 @@ def test_evaluate_end_to_end(tmp_path, measured, gbdt, cli):
     other = write_device(tmp_path, "other-cpu")
     code, _, err = cli("evaluate", "--predictor", pkl, "--target", other, "--n", "3", "--out", out)
     assert code == 2 and "fitted on tables of device 'pred-cpu' but the target is 'other-cpu'" in err
+
+
+def test_cli_calibration_from_arch_table(tmp_path, measured, lut, cli):
+    rng = random.Random(8)
+    archs = [cheap_arch(rng) for _ in range(6)]
+    ms = 1.2 * np.asarray(lut.predict(archs)) + 0.3
+    frame = pd.DataFrame({"key": [a.key for a in archs], "arch": [a.to_json() for a in archs],
+                          "resolution": 32, "width_mult": 1.0, "median_ms": ms, "status": "ok",
+                          "device": "pred-cpu"})
+    good = tmp_path / "archs-good.parquet"
+    frame.to_parquet(good)
+    out = tmp_path / "cal.pkl"
+    code, stdout, err = cli("fit-predictor", "--table", measured, "-r", "32", "--calibration", good, "--out", out)
+    assert code == 0, err
+    cal = load_predictor(out)
+    assert cal.calibration_["n"] == 6 and cal.calibration_["scale"] == pytest.approx(1.2)
+    assert np.allclose(cal.predict(archs), ms)
+    foreign = tmp_path / "archs-foreign.parquet"
+    frame.assign(device="rasp4").to_parquet(foreign)
+    code, _, err = cli("fit-predictor", "--table", measured, "-r", "32", "--calibration", foreign, "--out", out)
+    assert code == 2 and "calibration tables are from device rasp4 but the op tables from 'pred-cpu'" in err
+    code, _, err = cli("fit-predictor", "--table", measured, "-r", "32", "--calibration", measured, "--out", out)
+    assert code == 2 and "not an architecture table" in err
