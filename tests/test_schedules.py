@@ -110,7 +110,8 @@ BIG = [op for op in Space(224, 1.0).distinct_ops()
 def test_patterns_match_pytorch_on_x86_and_build_for_aarch64(op):
     notes = check_x86(op)
     if op.kind == "expanded_conv":
-        assert all(r.startswith("conv") for r in notes["rules"].values()), notes["rules"]
+        assert all(r.startswith(("conv", "depthwise")) for r in notes["rules"].values()), notes["rules"]
+        assert any(r.startswith("depthwise") for r in notes["rules"].values()), notes["rules"]
     check_aarch64(op)
 
 

@@ -32,7 +32,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 1
+RULES_VERSION = 2
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -136,20 +136,31 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int) -> str:
     if len(red) != 3:
         raise ValueError(f"conv block with {len(red)} reduction loops")
     consumers = sch.get_consumers(conv)
-    xt = column_tile(_extent(sch, x), lanes)
-    ft = row_tile(_extent(sch, f), budget // -(-xt // lanes))
+    width = _extent(sch, x)
+    depthwise = _extent(sch, red[0]) == 1
+    if depthwise:
+        # No input reuse across channels: one channel per tile, a whole row (or a wide divisor of
+        # it) of vectors, the k×k taps unrolled. Channel tiles only multiplied the load streams.
+        xt = width if width <= 4 * lanes else _divisors_desc(width, 4 * lanes)[0]
+        ft = 1
+    else:
+        xt = column_tile(width, lanes)
+        ft = row_tile(_extent(sch, f), budget // -(-xt // lanes))
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, fo, y, xo, *red, fi, xi)
     sch.parallel(sch.fuse(n, fo, y))
     sch.vectorize(xi)
     sch.unroll(fi)
+    if depthwise:
+        sch.unroll(red[1])
+        sch.unroll(red[2])
     for cons in consumers:  # the fused epilogue (BN, ReLU6, residual) right after the tile
         sch.reverse_compute_at(cons, xo)
         sch.vectorize(sch.get_loops(cons)[-1])
     # After vectorize: decomposing first makes vectorize reject the init block ("compact dataflow").
     sch.decompose_reduction(conv, red[0])
-    return f"conv {ft}x{xt}"
+    return f"{'depthwise' if depthwise else 'conv'} {ft}x{xt}"
 
 
 def _schedule_dense(sch: Any, mm: Any, lanes: int) -> str:
