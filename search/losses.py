@@ -12,10 +12,12 @@ REINFORCE's reward is ``acc · (T / LAT)^w`` (official w = 0.1).
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from latbench.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is only needed by callers that pass tensors (keeps `latbench --help` fast)
+    import torch
 
 LOSS_FORMS: tuple[str, ...] = ("paper", "add#linear", "mul#log", "add#abs", "none")
 NEEDS_TARGET = frozenset({"add#linear", "mul#log", "add#abs"})
@@ -50,7 +52,7 @@ def latency_loss(ce: torch.Tensor, expected: torch.Tensor, form: str = "paper", 
         return ce + lam * (expected - target) / target
     if form == "add#abs":
         return ce + lam * (expected - target).abs() / target
-    return mul_alpha * ce * (torch.log(expected) / math.log(target)) ** mul_beta
+    return mul_alpha * ce * (expected.log() / math.log(target)) ** mul_beta
 
 
 def reinforce_reward(acc: float, latency: float, target: float, w: float = 0.1) -> float:

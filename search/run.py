@@ -23,9 +23,10 @@ from search.losses import LOSS_FORMS
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.ArgumentParser:
+    """The search's options (``add_help``/``verbose`` False: as a parent of ``latbench search``)."""
     p = argparse.ArgumentParser(
-        prog="python -m search.run",
+        prog="python -m search.run", add_help=add_help,
         description="ProxylessNAS search on the latbench space with a latency predictor "
                     "(the latency is that of the predictor's deployment resolution).")
     p.add_argument("--predictor", required=True, help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", action="store_true", help="measure the derived net on --target")
     p.add_argument("--target", default="local-cpu", help="device for --measure (default local-cpu)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch; tracebacks on errors")
+    if verbose:
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     return p
 
 
@@ -156,12 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    print(result_line(args, summary))
+    return 0
+
+
+def result_line(args: argparse.Namespace, summary: dict[str, Any]) -> str:
+    """One line saying what was found."""
     line = (f"{Path(args.out) / 'arch.json'}: predicted {summary['predicted_ms']:.2f} ms at "
             f"{summary['deployment']['resolution']}px, test acc {summary['test_acc']:.3f}")
     if "measured_ms" in summary:
         line += f", measured {summary['measured_ms']:.2f} ms on {summary['measured_on']}"
-    print(line)
-    return 0
+    return line
 
 
 if __name__ == "__main__":

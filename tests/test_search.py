@@ -279,3 +279,16 @@ def test_cli_errors_are_one_line(lut_file, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["--predictor", str(lut_file), "--out", str(tmp_path / "x"), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_latbench_search_subcommand(lut_file, tmp_path, capsys):
+    from latbench.cli import main as latbench_main
+
+    assert latbench_main(["search", "--predictor", str(lut_file), "--out", str(tmp_path), "--epochs", "1",
+                          "--train-batches", "1", "--val-batches", "1", "--test-batches", "1", "--batch-size", "8",
+                          "--resolution", str(RES), "--latency-loss", "mul#log", "--target-latency", "2.0"]) == 0
+    assert "arch.json: predicted" in capsys.readouterr().out
+    assert Arch.load(tmp_path / "arch.json").resolution == 224
+    assert latbench_main(["search", "--predictor", str(lut_file), "--latency-loss", "add#linear",
+                          "--out", str(tmp_path)]) == 2
+    assert "needs --target-latency" in capsys.readouterr().err
