@@ -139,7 +139,7 @@ def check_gpu_binary(path: str | Path, arch: str | None = None) -> dict[str, Any
     data = Path(path).read_bytes()
     n_fatbin = data.count(FATBIN_MAGIC)
     arches = sorted({m.decode() for m in re.findall(rb"sm_\d+a?", data)})
-    has_cubin = b".nv.info" in data or b".text." in data and n_fatbin > 0
+    has_cubin = n_fatbin > 0 and (b".nv.info" in data or b".text." in data)  # an uncompressed cubin ELF
     if n_fatbin == 0 or not has_cubin:
         hint = " (it embeds CUDA source only)" if b"__global__" in data or b"extern \"C\"" in data else ""
         raise LatbenchError(f"{path}: no GPU binary (fatbin/cubin) in the library{hint}; refusing a source-only "
