@@ -216,10 +216,11 @@ class Campaign:
             for key, err in errors.items():
                 record(key, {"status": "error", "error": err, "stage": "build"})
             from latbench.runners import make_runner
+            from latbench.runners.lock import device_lock
 
             items = [(j.key, arts[j.key]) for j in todo if j.key in arts]
             if items:
-                with make_runner(self.device, self.backend) as runner:
+                with device_lock(self.device), make_runner(self.device, self.backend) as runner:
                     runner.run(items, record, progress=self.progress)
         finally:
             df = store.consolidate()

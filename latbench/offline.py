@@ -38,6 +38,7 @@ def tvm_importable() -> bool:
 def measure_artifacts(root: str | Path, device: Device, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Time every built entry of the artifact set ``root`` on ``device``; rows go to the usual table."""
     from latbench.runners import make_runner
+    from latbench.runners.lock import device_lock
 
     manifest, entries = load_manifest(root)
     full_tvm = tvm_importable()
@@ -73,7 +74,7 @@ def measure_artifacts(root: str | Path, device: Device, out_dir: str | Path, pro
 
     try:
         if items:
-            with make_runner(device, _Backend()) as runner:
+            with device_lock(device), make_runner(device, _Backend()) as runner:
                 runner.run(items, record, progress=progress)
     finally:
         df = store.consolidate()

@@ -187,3 +187,13 @@ def test_cli_table_show(cli, fast_device, cache_dir, small_ops, tmp_path):
     measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)
     code, out, _ = cli("table", "show", table_path(tmp_path, "fast-cpu", "tvm-untuned"))
     assert code == 0 and small_ops[0].key in out and "median_ms" in out
+
+
+def test_one_campaign_at_a_time_per_device(fast_device, cache_dir, small_ops, tmp_path):
+    from latbench.devices import get_device
+    from latbench.runners.lock import device_lock
+
+    with device_lock(get_device(str(fast_device))):
+        with pytest.raises(DeviceError, match="busy: another latbench campaign"):
+            measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)
+    assert (measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)["status"] == "ok").all()
