@@ -47,7 +47,8 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
                    help="weights-only epochs first (default: a quarter of --epochs)")
     p.add_argument("--train-batches", type=int, default=None, help="weight steps per epoch (default: whole split)")
     p.add_argument("--val-batches", type=int, default=20, help="held-out batches to validate each epoch (default 20)")
-    p.add_argument("--test-batches", type=int, default=None, help="test batches for the final accuracy (default all)")
+    p.add_argument("--test-batches", type=int, default=50,
+                   help="test batches for the final accuracy (default 50; 0 = the whole test split)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.025, help="weight learning rate (cosine schedule)")
     p.add_argument("--weight-decay", type=float, default=4e-5, help="λ1 of the paper's λ1‖w‖²")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = SearchConfig(
         mode=args.mode, latency_loss=args.latency_loss, lambda2=args.lambda2, target_latency=args.target_latency,
         mul_alpha=args.mul_alpha, mul_beta=args.mul_beta, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-        train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches,
+        train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches or None,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, arch_lr=args.arch_lr,
         arch_every=args.arch_every, rl_samples=args.rl_samples, rl_tradeoff=args.rl_tradeoff,
         resolution=resolution, seed=args.seed, device=args.device)
