@@ -292,3 +292,23 @@ def test_latbench_search_subcommand(lut_file, tmp_path, capsys):
     assert latbench_main(["search", "--predictor", str(lut_file), "--latency-loss", "add#linear",
                           "--out", str(tmp_path)]) == 2
     assert "needs --target-latency" in capsys.readouterr().err
+
+
+def test_image_folder_data(tmp_path):
+    from PIL import Image
+
+    from search.data import load_dataset
+
+    rng = torch.Generator().manual_seed(0)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            arr = (torch.rand(20, 30, 3, generator=rng) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    ds = load_dataset(tmp_path, 16)
+    assert (ds.n_classes, ds.in_channels, len(ds.train) + len(ds.valid)) == (2, 3, 12)
+    x, y = next(ds.train.batches(4, seed=0))
+    assert x.shape == (4, 3, 16, 16) and set(y.tolist()) <= {0, 1}
+    with pytest.raises(ConfigError, match="one sub-directory per class"):
+        load_dataset(tmp_path / "cat", 16)
