@@ -59,6 +59,12 @@ def load_runtime(cuda: bool = False):
     """Import tvm_ffi (the bundle's site/ first) and load TVM's runtime libraries globally."""
     site = Path(__file__).resolve().parent / "site"
     if site.is_dir() and str(site) not in sys.path:
+        meta = site.parent / "bundle.json"
+        want = json.loads(meta.read_text()).get("python", "") if meta.is_file() else ""
+        have = "%d.%d" % sys.version_info[:2]
+        if want and ".".join(want.split(".")[:2]) != have:  # tvm_ffi's extension is built for one CPython
+            raise SystemExit("error: this bundle is for Python %s but this is Python %s; build one with "
+                               "`latbench bundle --python-version %s`" % (want, have, have))
         sys.path.insert(0, str(site))
     try:
         import tvm_ffi

@@ -33,14 +33,21 @@ def small_op_jobs(n_mb: int = 2):
     return [Job.op(o) for o in [o for o in ops if o.kind != "expanded_conv"] + mb[:n_mb]]
 
 
+#: Built artifact sets, so each is compiled once per session even though several test modules import
+#: these fixtures (pytest then sees one fixture definition per module).
+_SETS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def x86_set(tmp_path_factory) -> Path:
-    """An artifact set (manifest + libs) of the small ops for this machine's CPU."""
+    """An artifact set (manifest + libs) of three small ops for this machine's CPU."""
     from latbench.campaign import compile_jobs
 
-    out = tmp_path_factory.mktemp("x86set")
-    compile_jobs(small_op_jobs(1), "local-cpu", out)
-    return out
+    if "x86" not in _SETS:
+        out = tmp_path_factory.mktemp("x86set")
+        compile_jobs(small_op_jobs(0), "local-cpu", out)
+        _SETS["x86"] = out
+    return _SETS["x86"]
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +57,11 @@ def arm_set(tmp_path_factory) -> Path:
 
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("aarch64-linux-gnu-g++ is not installed (apt-get install g++-aarch64-linux-gnu)")
-    out = tmp_path_factory.mktemp("armset")
-    jobs = small_op_jobs(0)[:2]
-    compile_jobs(jobs, "rasp4", out)
-    return out
+    if "arm" not in _SETS:
+        out = tmp_path_factory.mktemp("armset")
+        compile_jobs(small_op_jobs(0)[:2], "rasp4", out)
+        _SETS["arm"] = out
+    return _SETS["arm"]
 
 
 @pytest.fixture

@@ -49,10 +49,11 @@ def test_pool_survives_a_killed_server(tracker, x86_set, cli, tmp_path):
     items = [(e["key"], a) for e, a in entries]
     # Copies of the artifacts under extra keys: more ops than servers, so the pool has work after the kill.
     # (Copies, not the same directories: re-uploading a loaded library in one session crashes the server.)
-    for k, a in list(items):
-        copy = Artifact(tmp_path / f"copy-{a.root.name}")
-        shutil.copytree(a.root, copy.root)
-        items.append((f"{k}#copy", copy))
+    for i in range(3):
+        for k, a in items[: len(entries)]:
+            copy = Artifact(tmp_path / f"copy{i}-{a.root.name}")
+            shutil.copytree(a.root, copy.root)
+            items.append((f"{k}#copy{i}", copy))
     servers = start_servers(tracker, 2)
     try:
         addrs = tracker.wait_for_servers(KEY, 2, timeout=60)
@@ -94,7 +95,7 @@ def test_tracker_without_server_for_key_fails_fast(tracker):
     with pytest.raises(DeviceError, match="no server with key 'nobody'"):
         with PoolRunner(pool_device(tracker.port, key="nobody", connect_timeout=3)):
             pass
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 3 + 4  # the connect timeout, plus slack for a loaded machine
     # The raw tracker request (TVM's own blocks forever) gives up after the timeout.
     t0 = time.monotonic()
     with pytest.raises(DeviceError, match="no free 'nobody' server"):

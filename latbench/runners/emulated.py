@@ -105,3 +105,23 @@ def emulator_of(device: Device) -> Emulator | None:
         raise ConfigError(f"{device.source}: field 'emulated': a device with extra.emulator must say emulated: true "
                           "(its timings are not the board's)")
     return Emulator(device, **emu)
+
+
+def start_if_emulated(device: Device) -> bool:
+    """Start an emulated device's board server if it is not listening yet (for runners to call before
+    connecting, so `latbench measure --target rasp4-qemu` works without `latbench device start`).
+
+    Returns True when it started one (it keeps running; `latbench device stop NAME` stops it)."""
+    emu = emulator_of(device)
+    if emu is None or device.rpc.mode != "direct":
+        return False
+    from latbench.runners.rpc import port_is_open
+
+    if port_is_open(device.rpc.host, device.rpc.port, 1.0):
+        return False
+    from latbench.runners.bundle import cached_bundle
+    from latbench.runners.ssh import start_server
+
+    with emu.host() as host:
+        start_server(device, host, cached_bundle(device))
+    return True

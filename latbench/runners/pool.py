@@ -110,7 +110,13 @@ class PoolRunner:
         if not port_is_open(r.host, r.port, min(r.connect_timeout, 5.0)):
             raise DeviceError(f"no RPC tracker at {r.host}:{r.port} for device {self.device.name!r}; start one "
                               f"with `latbench tracker start --port {r.port}`")
-        servers = servers_of(tracker_summary(r.host, r.port, r.connect_timeout), r.key)
+        # Servers re-register with the tracker after any connection hiccup: give them connect_timeout.
+        deadline = time.monotonic() + r.connect_timeout
+        while True:
+            servers = servers_of(tracker_summary(r.host, r.port, r.connect_timeout), r.key)
+            if servers or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         if not servers:
             raise DeviceError(
                 f"tracker {r.host}:{r.port} has no server with key '{r.key}' for device {self.device.name!r}; "
