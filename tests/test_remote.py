@@ -140,3 +140,36 @@ def test_start_time_stop_server_over_ssh(tmp_path, sshd, cli, x86_set):
 
 
 from remote_fixtures import x86_set  # noqa: E402,F401  (fixture)
+
+
+def test_board_server_in_tracker_pool_over_ssh(tmp_path, sshd, cli, x86_set):
+    """The real-Pi flow on loopback: `device start` over SSH registers the tvm-free board server with a
+    tracker; the pool times ops on it; `device stop` takes it out of the tracker."""
+    from latbench.artifacts import load_manifest
+    from latbench.runners.pool import PoolRunner
+    from latbench.runners.tracker import LocalTracker, servers_of
+
+    with LocalTracker() as tracker:
+        path = ssh_device(tmp_path, sshd, name="sshpool")
+        dev_dict = __import__("yaml").safe_load(path.read_text())
+        dev_dict["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker.port, "key": "sshpool",
+                           "connect_timeout": 10}
+        write_yaml(path, dev_dict)
+        code, out, err = cli("device", "start", path)
+        assert code == 0, err
+        try:
+            assert "registered with tracker" in out
+            (addr,) = tracker.wait_for_servers("sshpool", 1, timeout=20)
+            _, entries = load_manifest(x86_set)
+            rows = []
+            with PoolRunner(load_device_file(path)) as pool:
+                pool.run([(e["key"], a) for e, a in entries], lambda k, r: rows.append((k, r)), progress=False)
+            assert sorted(k for k, _ in rows) == sorted(e["key"] for e, _ in entries)
+            assert all(r.get("status", "ok") == "ok" and r["server"] == addr for _, r in rows), rows
+        finally:
+            code, _, err = cli("device", "stop", path)
+            assert code == 0, err
+        deadline = time.monotonic() + 10
+        while servers_of(tracker.summary(), "sshpool") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not servers_of(tracker.summary(), "sshpool")
