@@ -87,6 +87,7 @@ class PoolRunner:
         self._lock = threading.Lock()
         self._queue: "queue.Queue[_Item]" = queue.Queue()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # wakes the supervisor: all done, or a worker retired
         self._workers: dict[int, threading.Thread] = {}
         self._next_id = 0
         self._pending = 0  # items not yet recorded
@@ -146,6 +147,8 @@ class PoolRunner:
                     self._stop.set()
                 self._pending -= 1
                 pbar.update(1)
+                if self._pending == 0:
+                    self._wake.set()
 
         self._done = done
         no_server_since: float | None = None
@@ -171,7 +174,9 @@ class PoolRunner:
                         raise DeviceError(
                             f"no '{self.rpc.key}' server left at tracker {self.rpc.address} with {pending} op(s) "
                             f"to go (finished rows are saved); restart the device servers and rerun to resume")
-                time.sleep(POLL_S)
+                self._wake.wait(POLL_S)
+                self._wake.clear()
+                time.sleep(0.05)  # bounds the respawn rate when servers fail at once
         finally:
             self._stop.set()
             pbar.close()
@@ -201,6 +206,12 @@ class PoolRunner:
         return runner
 
     def _worker(self, wid: int) -> None:
+        try:
+            self._work(wid)
+        finally:
+            self._wake.set()  # a retiring worker: let the supervisor look for servers at once
+
+    def _work(self, wid: int) -> None:
         runner: SessionRunner | None = None
         try:
             while not self._stop.is_set():
