@@ -149,10 +149,11 @@ class LocalHost(Host):
 class SSHHost(Host):
     """A board reached with paramiko (see the module docstring for the OpenSSH conventions)."""
 
-    def __init__(self, cfg: SSHConfig, name: str = "") -> None:
+    def __init__(self, cfg: SSHConfig, name: str = "", source: str = "<ssh config>") -> None:
         import paramiko
 
         self.cfg = cfg
+        self.source = source
         self.name = name or cfg.host
         self.python = cfg.python
         self.client = paramiko.SSHClient()
@@ -171,7 +172,7 @@ class SSHHost(Host):
             c.load_host_keys(str(kh))  # also where accept-new saves new keys
         elif cfg.known_hosts:
             if cfg.host_key_policy != "accept-new":
-                raise ConfigError(f"ssh.known_hosts {kh} does not exist (create it with `ssh-keyscan -p {cfg.port} "
+                raise ConfigError(f"{self.source}: field 'ssh.known_hosts': {kh} does not exist (create it with `ssh-keyscan -p {cfg.port} "
                                   f"{cfg.host} > {kh}` or set ssh.host_key_policy: accept-new)")
         if not cfg.known_hosts:
             try:
@@ -187,12 +188,14 @@ class SSHHost(Host):
         if cfg.password_env:
             password = os.environ.get(cfg.password_env)
             if password is None:
-                raise ConfigError(f"ssh.password_env names ${cfg.password_env}, which is not set")
+                raise ConfigError(f"{self.source}: field 'ssh.password_env' names ${cfg.password_env}, which is not "
+                                  "set in the environment")
         elif cfg.password:
             password = cfg.password
         key_file = os.path.expanduser(cfg.key_file) if cfg.key_file else None
         if key_file and not os.path.exists(key_file):
-            raise ConfigError(f"ssh.key_file {cfg.key_file} does not exist")
+            raise ConfigError(f"{self.source}: field 'ssh.key_file': {cfg.key_file} does not exist (leave it out to "
+                              "use the SSH agent and ~/.ssh keys)")
         who = f"{cfg.user + '@' if cfg.user else ''}{cfg.host}:{cfg.port}"
         try:
             c.connect(cfg.host, port=cfg.port, username=cfg.user, key_filename=key_file, password=password,
@@ -294,7 +297,7 @@ def open_host(device: Device) -> Host:
     if device.ssh is None:
         raise ConfigError(f"{device.source}: device {device.name!r} has no 'ssh' section (host, user, key_file) "
                           "to manage its board")
-    return SSHHost(device.ssh, device.name)
+    return SSHHost(device.ssh, device.name, device.source)
 
 
 def workdir(device: Device, host: Host) -> str:
