@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -54,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     from latbench.space import Space
     from latbench.tables import ok_rows
     from predictors import GBDTPredictor, LUTPredictor
-    from predictors.evaluate import accuracy_metrics, measured_latencies, sample_archs, scatter_plot
+    from predictors.evaluate import (accuracy_metrics, interleave, measured_latencies, sample_archs,
+                                     scatter_plot)
 
     device = get_device(args.target)
     space = Space(args.resolution)
     report = Path(args.report) if args.report else Path(args.out) / device.name / "eval"
     report.mkdir(parents=True, exist_ok=True)
 
+    load_start = os.getloadavg()
     t0 = time.time()
     space_ops = space.distinct_ops()
     extra = sample_ops(args.sample, args.seed, exclude={o.key for o in space_ops})
@@ -77,10 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     blind_m = accuracy_metrics(blind.predict_ops(list(held["key"])), held["median_ms"].to_numpy())
 
     t1 = time.time()
-    archs, measured = measured_latencies(sample_archs(space, args.n, args.seed), device, args.out,
-                                         args.backend, progress=True)
+    archs = sample_archs(space, args.n, args.seed)
     cal_archs = sample_archs(space, args.calibrate, args.seed + 10_000, exclude=[a.key for a in archs])
-    cal_archs, cal_ms = measured_latencies(cal_archs, device, args.out, args.backend, progress=True)
+    cal_keys = {a.key for a in cal_archs}
+    # One campaign, calibration archs spread among the evaluated ones: both see the same machine load.
+    got, got_ms = measured_latencies(interleave(archs, cal_archs), device, args.out, args.backend, progress=True)
+    is_cal = np.array([a.key in cal_keys for a in got], dtype=bool)
+    archs, measured = [a for a, c in zip(got, is_cal) if not c], got_ms[~is_cal]
+    cal_archs, cal_ms = [a for a, c in zip(got, is_cal) if c], got_ms[is_cal]
     print(f"whole networks: {len(archs)} evaluated + {len(cal_archs)} for calibration, {time.time() - t1:.0f} s")
 
     results = {}
@@ -109,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"device": device.name, "resolution": args.resolution, "n": len(archs),
                "calibration_archs": len(cal_archs), "metrics": results,
                "gbdt_unseen_space_ops": blind_m, "throughput_archs_per_s": tp,
-               "measured_ms_range": [float(measured.min()), float(measured.max())]}
+               "measured_ms_range": [float(measured.min()), float(measured.max())],
+               "load_average_start_end": [load_start[0], os.getloadavg()[0]]}
     (report / "bench-summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
     print(f"\n{device.name}, resolution {args.resolution}, {len(archs)} random architectures "
-          f"({measured.min():.2f}–{measured.max():.2f} ms measured); calibration on {len(cal_archs)} others")
+          f"({measured.min():.2f}–{measured.max():.2f} ms measured); calibration on {len(cal_archs)} others; "
+          f"1-min load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} CPUs")
     print(f"{'predictor':<18}{'RMSE ms':>9}{'MAPE %':>8}{'±5 %':>7}{'±10 %':>7}{'Spearman':>10}{'Kendall':>9}")
     for name, m in results.items():
         print(f"{name:<18}{m['rmse_ms']:>9.3f}{m['mape_pct']:>8.2f}{m['within_5_pct']:>7.1f}"

@@ -277,6 +277,9 @@ class BasePredictor:
         return self
 
     def _reset(self) -> None:
+        """Forget fitted state (a failed refit must not leave a half-fitted predictor behind)."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)
         self._tables: dict[Space, _SpaceTable] = {}
 
     def _fit_ops(self, data: OpData) -> None:

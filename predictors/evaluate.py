@@ -97,6 +97,21 @@ def sample_archs(space: Space, n: int, seed: int = 0, exclude: Sequence[str] = (
     return out
 
 
+def interleave(main: Sequence[Arch], extra: Sequence[Arch]) -> list[Arch]:
+    """``main`` with ``extra`` spread evenly through it, so both are timed under the same conditions
+    (on a shared machine, load drifts over a campaign; calibration archs timed in a separate batch
+    would calibrate to another regime)."""
+    out: list[Arch] = []
+    step = (len(main) + 1) / (len(extra) + 1) if extra else 0
+    j = 0
+    for i, a in enumerate(main):
+        while j < len(extra) and (j + 1) * step <= i + 1:
+            out.append(extra[j])
+            j += 1
+        out.append(a)
+    return out + list(extra[j:])
+
+
 def check_device(pred: BasePredictor, device: str) -> None:
     """A predictor fitted on one device's tables must not be judged against another device."""
     if pred.device_ and pred.device_ != device:
@@ -129,8 +144,9 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
                        progress: bool = False) -> dict[str, Any]:
     """Sample ``n`` archs at the deployment space, measure them, compare with ``pred``.
 
-    ``calibrate=K`` first measures K other random archs (a disjoint sample) and fits the predictor's
-    calibration on them; metrics are then reported both raw (before) and calibrated (after).
+    ``calibrate=K`` also measures K other random archs (a disjoint sample, interleaved with the
+    evaluated ones in time) and fits the predictor's calibration on them; metrics are then reported
+    both raw (before) and calibrated (after).
     ``device`` is a :class:`latbench.devices.Device`, a device name or a YAML path. Writes
     ``<report_dir>/<name>-eval.{csv,json,png}`` (default ``report_dir``: ``out_dir/<device>/eval``).
     """
@@ -141,15 +157,20 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     check_device(pred, device.name)
     space = pred.deployment_space()
     archs = sample_archs(space, n, seed)
-    archs, measured = measured_latencies(archs, device, out_dir, backend, progress)
+    cal = sample_archs(space, calibrate, seed + 10_000, exclude=[a.key for a in archs]) if calibrate else []
+    got, got_ms = measured_latencies(interleave(archs, cal), device, out_dir, backend, progress)
+    cal_keys = {a.key for a in cal}
+    is_cal = np.array([a.key in cal_keys for a in got], dtype=bool)
+    archs, measured = [a for a, c in zip(got, is_cal) if not c], got_ms[~is_cal]
+    cal, cal_ms = [a for a, c in zip(got, is_cal) if c], got_ms[is_cal]
+    if calibrate and not cal:
+        raise LatbenchError("none of the calibration architectures could be measured")
     result: dict[str, Any] = {"predictor": pred.describe(), "device": device.name, "seed": seed,
                               "space": {"resolution": space.resolution, "width_mult": space.width_mult,
                                         "n_classes": space.n_classes}}
     predicted = np.asarray(pred.predict(archs))
     result["metrics"] = accuracy_metrics(predicted, measured)
     if calibrate:
-        cal = sample_archs(space, calibrate, seed + 10_000, exclude=[a.key for a in archs])
-        cal, cal_ms = measured_latencies(cal, device, out_dir, backend, progress)
         pred.fit_calibration(cal, cal_ms)
         result["metrics_raw"] = result["metrics"]
         predicted = np.asarray(pred.predict(archs))

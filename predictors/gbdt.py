@@ -50,7 +50,7 @@ class GBDTPredictor(BasePredictor):
 
     kind = "gbdt"
 
-    def __init__(self, n_estimators: int = 400, max_depth: int = 4, learning_rate: float = 0.05,
+    def __init__(self, n_estimators: int = 400, max_depth: int = 3, learning_rate: float = 0.05,
                  subsample: float = 0.9, colsample_bytree: float = 0.9, min_child_weight: float = 1.0,
                  reg_lambda: float = 1.0, base_model: str = "linear", stat: str = "median_ms",
                  n_jobs: int = 2, random_state: int = 0) -> None:

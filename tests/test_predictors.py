@@ -19,7 +19,7 @@ from latbench.ops import OpSpec
 from latbench.space import ZERO, Arch, Space, distinct_ops
 from predictors import (GBDTPredictor, LUTPredictor, MissingOpError, NotFittedError, PredictorFileError,
                         load_predictor, save_predictor)
-from predictors.evaluate import accuracy_metrics, check_device, sample_archs, scatter_plot
+from predictors.evaluate import accuracy_metrics, check_device, interleave, sample_archs, scatter_plot
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = Space(resolution=32)
@@ -414,6 +414,11 @@ def test_sample_archs_distinct_and_seeded():
     assert len({x.key for x in a}) == 30 and [x.key for x in a] == [x.key for x in sample_archs(SPACE, 30, 1)]
     b = sample_archs(SPACE, 5, seed=2, exclude=[x.key for x in a])
     assert not {x.key for x in b} & {x.key for x in a}
+    mixed = interleave(a, b)  # calibration archs spread through the evaluated ones, order kept
+    assert sorted(x.key for x in mixed) == sorted(x.key for x in a + b)
+    pos = [i for i, x in enumerate(mixed) if x in b]
+    assert [x for x in mixed if x in b] == b and pos[0] > 0 and pos[-1] < len(mixed) - 1
+    assert max(np.diff(pos)) <= 7
 
 
 @pytest.mark.slow
