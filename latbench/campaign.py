@@ -211,6 +211,10 @@ class Campaign:
             row.setdefault("status", "ok")
             store.append(row)
 
+        from latbench.runners.rpc import check_reachable
+
+        if self.backend.kind == "tvm":
+            check_reachable(self.device)  # an unreachable board fails now, not after the build
         try:
             arts, errors = build_all(todo, self.backend, self.device, self.cache, self.workers, self.progress)
             for key, err in errors.items():

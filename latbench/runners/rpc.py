@@ -7,6 +7,7 @@ child, and killing the group is the only way to stop all three.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from latbench.errors import DeviceError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_UPLOADS = itertools.count()
 
 
 class RPCTimeout(DeviceError):
@@ -173,7 +175,8 @@ class LocalRPCServer:
                 raise DeviceError(f"the local TVM RPC server exited at start (code {self.proc.returncode}): "
                                   f"{self.tail_log()}")
             if self.tracker:
-                if "tracker" in self.tail_log().lower() or port_is_open(self.host, self.port, 0.5):
+                # Only the log: a TCP probe makes TVM's server drop and re-register with the tracker.
+                if "tracker" in self.tail_log().lower():
                     return
             elif port_is_open(self.host, self.port, 0.5):
                 return
@@ -228,6 +231,7 @@ def connect_tracker_session(host: str, port: int, key: str, session_timeout: flo
 
     if not port_is_open(host, port, min(timeout, 5.0)):
         raise DeviceError(f"no RPC tracker at {host}:{port}; start one with `latbench tracker start --port {port}`")
+    tracker = None
     try:
         tracker = call_with_timeout(lambda: tvm.rpc.connect_tracker(host, port), timeout,
                                     f"connecting to tracker {host}:{port}")
@@ -236,11 +240,37 @@ def connect_tracker_session(host: str, port: int, key: str, session_timeout: flo
             f"waiting for a free '{key}' server",
         )
     except RPCTimeout:
+        if tracker is not None:  # else the tracker may hand a server to the abandoned request
+            try:
+                tracker.close()
+            except Exception:
+                pass
         raise DeviceError(
             f"tracker {host}:{port} has no free server with key '{key}' after {timeout:g} s; start the "
             f"device's server (`latbench device start`, or python -m tvm.exec.rpc_server "
             f"--tracker {host}:{port} --key {key})"
         ) from None
+
+
+def check_reachable(device: Device) -> None:
+    """Fail fast (before any compile) when a remote device's server or tracker is not listening."""
+    rpc = device.rpc
+    if rpc.mode == "local":
+        return
+    if rpc.mode == "direct":
+        from latbench.runners.emulated import start_if_emulated
+
+        start_if_emulated(device)  # an emulated board (qemu) is started on demand
+        if not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
+            raise DeviceError(
+                f"no TVM RPC server at {rpc.host}:{rpc.port} for device {device.name!r}; start the board's server "
+                f"(`latbench device start {device.name}`, or python -m tvm.exec.rpc_server --host 0.0.0.0 "
+                f"--port {rpc.port} on the board)")
+    elif not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
+        raise DeviceError(
+            f"no RPC tracker at {rpc.host}:{rpc.port} for device {device.name!r} (key {rpc.key!r}); start one with "
+            f"`latbench tracker start --port {rpc.port}` and register the board with `latbench device start "
+            f"{device.name}`")
 
 
 def first_line(exc: BaseException) -> str:
@@ -279,7 +309,8 @@ def time_library(remote: Any, lib_path: Path, x: np.ndarray, timing: Timing, is_
     import tvm
     from tvm import relax
 
-    name = f"lb_{lib_path.parent.name}.so"
+    # A fresh name per upload: overwriting a library the server has loaded crashes it.
+    name = f"lb_{lib_path.parent.name}_{next(_UPLOADS)}.so"
     remote.upload(str(lib_path), name)
     rlib = remote.load_module(name)
     dev = remote.cuda(0) if is_cuda else remote.cpu(0)

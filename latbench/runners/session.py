@@ -47,6 +47,9 @@ class SessionRunner:
             self.address = self.server.address
             self.session = connect_direct(rpc.host, self.server.port, rpc.session_timeout, rpc.connect_timeout)
         elif rpc.mode == "direct":
+            from latbench.runners.emulated import start_if_emulated
+
+            start_if_emulated(d)  # an emulated board (qemu) is started on demand
             self.address = rpc.address
             self.session = connect_direct(rpc.host, rpc.port, rpc.session_timeout, rpc.connect_timeout)
         else:
