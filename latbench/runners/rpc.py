@@ -175,14 +175,27 @@ class LocalRPCServer:
                 raise DeviceError(f"the local TVM RPC server exited at start (code {self.proc.returncode}): "
                                   f"{self.tail_log()}")
             if self.tracker:
-                # Only the log: a TCP probe makes TVM's server drop and re-register with the tracker.
-                if "tracker" in self.tail_log().lower():
+                # Ask the tracker, not the server: a TCP probe makes TVM's server drop and re-register.
+                if self._registered():
                     return
             elif port_is_open(self.host, self.port, 0.5):
                 return
             time.sleep(0.2)
         raise DeviceError(f"the local TVM RPC server did not start within {self.start_timeout:g} s "
                           f"(log: {self.log_path})")
+
+    def _registered(self) -> bool:
+        """Whether the tracker lists this server (matched by its port)."""
+        import tvm.rpc
+
+        host, port = self.tracker.rsplit(":", 1)
+        try:
+            summary = call_with_timeout(lambda: tvm.rpc.connect_tracker(host, int(port)).summary(), 5.0,
+                                        "asking the tracker")
+        except Exception:
+            return False
+        return any(str(info.get("addr", [None, None])[1]) == str(self.port) or
+                   f":{self.port}" in str(info.get("addr")) for info in summary.get("server_info", []))
 
     def tail_log(self, n: int = 400) -> str:
         if not self.log_path or not self.log_path.exists():
