@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         "slowest network)")
     p.add_argument("--target-form", default="add#abs", help="objective for the target points (default add#abs)")
     p.add_argument("--target-lambda", type=float, default=None, help="λ of the target form (default: its default)")
+    p.add_argument("--target-temperature", type=float, default=1.0,
+                   help="τ of the latency term for the target points (softmax(α/τ); 1 = E[LAT])")
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--epochs", type=int, default=3, help="total epochs per point, warm-up included")
     p.add_argument("--train-batches", type=int, default=60)
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     points = [("lambda2", lam, SearchConfig(latency_loss="paper", lambda2=lam, **base)) for lam in args.lambdas]
     points += [("target", t, SearchConfig(latency_loss=args.target_form, lambda2=args.target_lambda,
-                                          target_latency=t, **base)) for t in targets]
+                                          target_latency=t, latency_temperature=args.target_temperature, **base))
+               for t in targets]
     results = []
     for kind, value, cfg in points:
         t0 = time.perf_counter()

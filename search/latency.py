@@ -44,11 +44,14 @@ class LatencyModel:
             self.tables.append(torch.tensor(vals, dtype=torch.float32))
         self.fixed = float(predictor.fixed_latency(self.space))
 
-    def expected(self, alphas: Sequence[torch.Tensor]) -> torch.Tensor:
-        """E[LAT] in ms, differentiable in every α."""
+    def expected(self, alphas: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+        """E[LAT] in ms under ``softmax(α / temperature)``, differentiable in every α.
+
+        ``temperature`` 1 is the paper's E[LAT]; a smaller one tends to the latency of the argmax
+        network, the one the search returns."""
         total = torch.tensor(self.fixed, device=alphas[0].device)
         for a, lat in zip(alphas, self.tables):
-            total = total + (torch.softmax(a, 0) * lat.to(a.device)).sum()
+            total = total + (torch.softmax(a / temperature, 0) * lat.to(a.device)).sum()
         return total
 
     def of_choices(self, choices: Sequence[int]) -> float:

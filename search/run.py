@@ -40,6 +40,9 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
                    help="latency weight λ (default: paper 0.01/ms, add#linear 0.1, add#abs 0.5)")
     p.add_argument("--target-latency", type=float, default=None, metavar="T",
                    help="reference latency T in ms at the deployment resolution")
+    p.add_argument("--latency-temperature", type=float, default=1.0, metavar="TAU",
+                   help="the latency term uses softmax(α/τ): 1 = the paper's E[LAT]; e.g. 0.3 makes it follow "
+                        "the argmax net, so a target T applies to the derived net (ours)")
     p.add_argument("--mul-alpha", type=float, default=0.2, help="α of mul#log (default 0.2)")
     p.add_argument("--mul-beta", type=float, default=0.3, help="β of mul#log (default 0.3)")
     p.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included (default 10)")
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolution = args.resolution or (28 if args.data is None else 32)
     config = SearchConfig(
         mode=args.mode, latency_loss=args.latency_loss, lambda2=args.lambda2, target_latency=args.target_latency,
-        mul_alpha=args.mul_alpha, mul_beta=args.mul_beta, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        latency_temperature=args.latency_temperature, mul_alpha=args.mul_alpha, mul_beta=args.mul_beta, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches or None,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, arch_lr=args.arch_lr,
         arch_every=args.arch_every, rl_samples=args.rl_samples, rl_tradeoff=args.rl_tradeoff,

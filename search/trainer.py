@@ -49,6 +49,7 @@ class SearchConfig:
     target_latency: float | None = None  # ms, at the predictor's deployment resolution
     mul_alpha: float = 0.2
     mul_beta: float = 0.3
+    latency_temperature: float = 1.0  # <1: the latency term sees softmax(α/τ), closer to the argmax net
     epochs: int = 10
     warmup_epochs: int | None = None  # None: a quarter of the epochs (the official 40 of 160)
     train_batches: int | None = None  # per epoch; None = the whole training split
@@ -83,6 +84,8 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if not self.latency_temperature > 0:
+            raise ConfigError(f"--latency-temperature must be > 0, got {self.latency_temperature}")
         if self.warmup_epochs is None:
             self.warmup_epochs = int(round(self.epochs * 0.25))
         if self.warmup_epochs < 0:
@@ -189,7 +192,8 @@ class ProxylessSearch:
         self._freeze_weights(True)  # only α needs gradients here
         try:
             ce = F.cross_entropy(self.net(x), y)
-            loss = latency_loss(ce, self.expected_latency(), c.latency_loss, c.lam, c.target_latency,
+            lat = self.latency.expected(self.net.arch_parameters(), c.latency_temperature)
+            loss = latency_loss(ce, lat, c.latency_loss, c.lam, c.target_latency,
                                 c.mul_alpha, c.mul_beta)
             self.a_opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -312,3 +312,16 @@ def test_image_folder_data(tmp_path):
     assert x.shape == (4, 3, 16, 16) and set(y.tolist()) <= {0, 1}
     with pytest.raises(ConfigError, match="one sub-directory per class"):
         load_dataset(tmp_path / "cat", 16)
+
+
+def test_low_temperature_latency_follows_the_argmax_net(predictor):
+    space = Space(RES, WIDTH, 10, 1)
+    model = LatencyModel(predictor, space)
+    torch.manual_seed(1)
+    alphas = [torch.randn(len(layer.candidates)) for layer in space.layers]
+    argmax_ms = model.of_choices([int(a.argmax()) for a in alphas])
+    assert float(model.expected(alphas, 0.01)) == pytest.approx(argmax_ms, rel=1e-3)
+    assert float(model.expected(alphas, 1.0)) == pytest.approx(
+        model.fixed + sum(float((torch.softmax(a, 0) * t).sum()) for a, t in zip(alphas, model.tables)))
+    with pytest.raises(ConfigError, match="temperature"):
+        SearchConfig(latency_temperature=0.0)
