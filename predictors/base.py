@@ -427,15 +427,21 @@ class BasePredictor:
 
     # -- calibration ----------------------------------------------------------------------------------
     def fit_calibration(self, archs: Sequence[Any], measured_ms: Sequence[float],
-                        mode: str = "affine") -> "BasePredictor":
+                        mode: str = "auto") -> "BasePredictor":
         """Learn ``measured ≈ scale * Σops + offset`` from measured whole networks.
 
-        ``mode="affine"`` (least squares; needs ≥ 3 archs, else falls back to scale only) or
-        ``"scale"``. Replaces any previous calibration.
+        Both fits are robust to a few outliers (a network timed while the machine was busy):
+
+        * ``"scale"``: offset 0, scale = median of measured / predicted;
+        * ``"affine"``: Theil–Sen line (median of pairwise slopes); needs ≥ 3 archs;
+        * ``"auto"`` (default): affine with ≥ 5 archs when its slope is positive and within a factor
+          2 of the median ratio (so a narrow, noisy sample cannot produce a wild line), else scale.
+
+        Replaces any previous calibration.
         """
         self._check_fitted()
-        if mode not in ("affine", "scale"):
-            raise LatbenchError(f"calibration mode must be 'affine' or 'scale', got {mode!r}")
+        if mode not in ("auto", "affine", "scale"):
+            raise LatbenchError(f"calibration mode must be 'auto', 'affine' or 'scale', got {mode!r}")
         archs = list(archs)
         y = np.asarray(measured_ms, dtype=float)
         if len(archs) == 0 or y.shape != (len(archs),):
@@ -444,14 +450,18 @@ class BasePredictor:
         for a, v in zip(archs, y):
             check_latency(v, self._as_arch(a).key, "calibration")
         raw = self._predict_raw(archs)
-        scale, offset = float(y.sum() / raw.sum()), 0.0
-        if mode == "affine" and len(archs) >= 3 and np.ptp(raw) > 0:
-            A = np.stack([raw, np.ones_like(raw)], axis=1)
-            (s, o), *_ = np.linalg.lstsq(A, y, rcond=None)
-            if s > 0:  # a non-positive slope means too few/too similar archs: keep the ratio
-                scale, offset = float(s), float(o)
-        self.calibration_ = {"scale": scale, "offset": offset, "n": len(archs), "mode": mode}
-        log.info("calibration from %d archs: scale %.4f offset %.4f ms", len(archs), scale, offset)
+        scale, offset, used = float(np.median(y / raw)), 0.0, "scale"
+        if mode == "affine" and (len(archs) < 3 or np.ptp(raw) <= 0):
+            raise LatbenchError(f"an affine calibration needs at least 3 architectures of different predicted "
+                                f"latency (got {len(archs)}); use mode='scale'")
+        if mode == "affine" or (mode == "auto" and len(archs) >= 5 and np.ptp(raw) > 0):
+            from scipy.stats import theilslopes
+
+            slope, intercept, *_ = theilslopes(y, raw)
+            if mode == "affine" or (slope > 0 and 0.5 * scale <= slope <= 2 * scale):
+                scale, offset, used = float(slope), float(intercept), "affine"
+        self.calibration_ = {"scale": scale, "offset": offset, "n": len(archs), "mode": used}
+        log.info("calibration from %d archs (%s): scale %.4f offset %.4f ms", len(archs), used, scale, offset)
         return self
 
     # -- files -----------------------------------------------------------------------------------------
