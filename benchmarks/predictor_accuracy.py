@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['within_10_pct']:>7.1f}{m['spearman']:>10.4f}{m['kendall']:>9.4f}")
     print(f"GBDT without the space's MBConv ops, on those {blind_m['n']} ops: MAPE {blind_m['mape_pct']:.1f} %, "
           f"within ±10 % {blind_m['within_10_pct']:.1f} %, Spearman {blind_m['spearman']:.3f}")
+    ratio = measured / lut._predict_raw(archs)  # vs the uncalibrated sum of measured op latencies
+    print(f"measured / raw-LUT ratio over the campaign: min {ratio.min():.2f}, median {np.median(ratio):.2f}, "
+          f"max {ratio.max():.2f} (a drift here is the machine's load changing, not the predictor)")
     print("throughput: " + ", ".join(f"{k} {v:,.0f} archs/s" for k, v in tp.items()) + " (goal ≥ 10,000)")
     print(f"report: {report}/bench-summary.json, bench-*.png, bench-archs.csv")
     return 0
