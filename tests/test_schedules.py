@@ -147,14 +147,16 @@ def test_tvm_backend_builds_a_library_with_rule_notes(tmp_path):
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
+ALL_OPS = [op for r, w in CONFIGS for op in Space(r, w).distinct_ops()]  # 4 x 72 (keys differ per config)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("resolution,width", CONFIGS)
-def test_every_op_of_the_space(resolution, width):
-    """Every distinct op (72 per config) matches PyTorch on x86 and builds for aarch64."""
-    for op in Space(resolution, width).distinct_ops():
-        check_x86(op)
-        check_aarch64(op)
-        _EXPORTS.pop(op.key, None)
+@pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.key)
+def test_every_op_of_the_space(op):
+    """Every distinct op at 224 and 32, width 1.0 and 0.75, matches PyTorch on x86 and builds for aarch64."""
+    check_x86(op)
+    check_aarch64(op)
+    _EXPORTS.pop(op.key, None)
 
 
 # -- CUDA --------------------------------------------------------------------------------------------
@@ -207,11 +209,10 @@ def test_source_only_cuda_library_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("resolution,width", [(224, 1.0), (32, 0.75)])
-def test_every_op_builds_for_cuda(resolution, width, tmp_path):
-    for op in Space(resolution, width).distinct_ops():
-        assert _cuda_build(op, H100, tmp_path / "lib.so")["fatbins"] >= 1, op.key
-        _EXPORTS.pop(op.key, None)
+@pytest.mark.parametrize("op", Space(224, 1.0).distinct_ops() + Space(32, 0.75).distinct_ops(), ids=lambda o: o.key)
+def test_every_op_builds_for_cuda(op, tmp_path):
+    assert _cuda_build(op, H100, tmp_path / "lib.so")["fatbins"] >= 1
+    _EXPORTS.pop(op.key, None)
 
 
 # -- tuning database -----------------------------------------------------------------------------------
