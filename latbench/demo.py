@@ -92,7 +92,9 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
 
     search_out = out / "search"
     argv = ["--predictor", str(out / "lut.pkl"), "--out", str(search_out), "--epochs", str(search_epochs),
-            "--train-batches", str(search_batches)]
+            "--train-batches", str(search_batches),
+            # a short search only moves α with a larger architecture lr and a step every batch
+            "--arch-lr", "0.05", "--arch-every", "1", "--test-batches", "20"]
     code = search_main(argv)
     if code:
         raise RuntimeError(f"search failed with exit code {code}")
