@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=16, help="tvm-tuned trial budget per op")
     ap.add_argument("--tuned-every", type=int, default=6, help="tune every N-th op only (tuning is slow)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N ops")
+    ap.add_argument("--every", type=int, default=1, help="only every N-th op (a quick spread over the space)")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--keys", type=Path, default=None, help=argparse.SUPPRESS)
@@ -135,7 +136,7 @@ def main() -> int:
 
     from latbench.space import Space
 
-    keys = [op.key for op in Space(args.resolution, args.width_mult).distinct_ops()][: args.limit]
+    keys = [op.key for op in Space(args.resolution, args.width_mult).distinct_ops()][:: args.every][: args.limit]
     backends = [b for b in args.backends.split(",") if b]
     env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
