@@ -97,7 +97,6 @@ def test_measure_rasp4_without_board_is_one_line(tmp_path, arm_set):
     assert f"127.0.0.1:{dev['rpc']['port']}" in lines[0] and "latbench tracker start" in lines[0]
 
 
-@pytest.mark.slow
 def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
     """`device start rasp4-qemu` (aarch64 bundle + tvm-free server under qemu, QEMU_CPU=cortex-a72), then
     `latbench measure --target rasp4-qemu`: cross-compiled cortex-a72 code timed through RPC, rows labelled

@@ -421,7 +421,6 @@ def test_sample_archs_distinct_and_seeded():
     assert max(np.diff(pos)) <= 7
 
 
-@pytest.mark.slow
 def test_evaluate_end_to_end(tmp_path, measured, gbdt, cli):
     """`latbench evaluate` really compiles and times whole networks, then scores the predictor.
 
