@@ -2,7 +2,7 @@
 
 Both share one API (scikit-learn style) used by the search::
 
-    pred = LUTPredictor().fit("results/local-cpu/ops-tvm-untuned.parquet")
+    pred = LUTPredictor().fit("data/local-cpu/ops-tvm.parquet")
     pred.predict(arch)                 # ms
     pred.layer_latencies(space)        # [{candidate: ms}, ...] per searchable layer
     pred.fixed_latency(space)          # stem + feature mix + logits (+ calibration offset)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import yaml
 
+from latbench.backends.base import DEFAULT_BACKEND
 from latbench.runners.rpc import free_port
 from remote_fixtures import NO_TVM_PRELUDE, arm_set, x86_set, write_yaml  # noqa: F401  (fixtures)
 
@@ -124,7 +126,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         assert code == 0, err
         import pandas as pd
 
-        df = pd.read_parquet(tmp_path / "t" / "rasp4-qemu-test" / "ops-tvm-untuned.parquet")
+        df = pd.read_parquet(tmp_path / "t" / "rasp4-qemu-test" / f"ops-{DEFAULT_BACKEND}.parquet")
         assert len(df) == 2 and (df["status"] == "ok").all()
         assert df["emulated"].all()  # labelled: emulation, not Pi speed
         assert (df["server"] == f"127.0.0.1:{port}").all()

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import FAST_TIMING, latbench_cmd, write_device
 from latbench.artifacts import ArtifactCache
+from latbench.backends.base import DEFAULT_BACKEND as DEFAULT
 from latbench.campaign import measure_ops
 from latbench.errors import DeviceError
 from latbench.runners.rpc import LocalRPCServer, free_port
@@ -35,14 +36,14 @@ def test_measure_small_ops_over_real_rpc(fast_device, cache_dir, small_ops, tmp_
     assert json.loads(row["target"])["mcpu"] != "native"
     assert "apache-tvm" in json.loads(row["versions"]) and "cpu_model" in json.loads(row["host_facts"])
     # the table on disk is plain Parquet anyone can open
-    on_disk = pd.read_parquet(table_path(tmp_path, "fast-cpu", "tvm-untuned"))
+    on_disk = pd.read_parquet(table_path(tmp_path, "fast-cpu", DEFAULT))
     assert len(on_disk) == len(small_ops)
 
 
 def test_rerun_hits_cache_and_measures_nothing(fast_device, cache_dir, small_ops, tmp_path, caplog):
     ops = small_ops[:3]
     first = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir)
-    libs = sorted((Path(cache_dir) / "tvm-untuned").glob("*/lib.so"))
+    libs = sorted((Path(cache_dir) / DEFAULT).glob("*/lib.so"))
     mtimes = {p: p.stat().st_mtime_ns for p in libs}
     caplog.set_level("INFO", logger="latbench.campaign")
     second = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir)
@@ -64,7 +65,7 @@ def test_resume_after_kill_loses_nothing(tmp_path, cache_dir, small_ops):
     args = ["measure", "--target", dev, "--out", out, "--cache", cache_dir]
     for k in keys:
         args += ["--op", k]
-    journal = table_path(out, "slow-cpu", "tvm-untuned").with_name("ops-tvm-untuned.journal.jsonl")
+    journal = table_path(out, "slow-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.journal.jsonl")
     proc = subprocess.Popen(latbench_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -84,7 +85,7 @@ def test_resume_after_kill_loses_nothing(tmp_path, cache_dir, small_ops):
     done = subprocess.run(latbench_cmd(*args, "-v"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{len(keys) - len(before)} to measure, {len(before)} already" in done.stderr
-    df = pd.read_parquet(table_path(out, "slow-cpu", "tvm-untuned"))
+    df = pd.read_parquet(table_path(out, "slow-cpu", DEFAULT))
     assert sorted(df["key"]) == sorted(keys)  # every op once, none duplicated
     kept = df.set_index("key")
     for row in before:  # the rows taken before the kill are the ones in the table
@@ -97,7 +98,7 @@ def test_dead_rpc_server_mid_campaign_keeps_rows(tmp_path, cache_dir, small_ops)
         dev = write_device(tmp_path, "direct-cpu", rpc={"mode": "direct", "host": "127.0.0.1",
                                                         "port": server.port, "connect_timeout": 5},
                            timing={**FAST_TIMING, "repeat": 10, "min_repeat_ms": 50})
-        journal = table_path(tmp_path / "d", "direct-cpu", "tvm-untuned").with_name("ops-tvm-untuned.journal.jsonl")
+        journal = table_path(tmp_path / "d", "direct-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.journal.jsonl")
 
         def killer() -> None:
             while not (journal.exists() and journal.read_text().count("\n") >= 1):
@@ -109,7 +110,7 @@ def test_dead_rpc_server_mid_campaign_keeps_rows(tmp_path, cache_dir, small_ops)
         with pytest.raises(DeviceError, match="RPC|no TVM RPC server"):
             measure_ops(small_ops, str(dev), tmp_path / "d", cache=cache_dir)
         t.join(10)
-        df = pd.read_parquet(table_path(tmp_path / "d", "direct-cpu", "tvm-untuned"))
+        df = pd.read_parquet(table_path(tmp_path / "d", "direct-cpu", DEFAULT))
         assert 1 <= (df["status"] == "ok").sum() < len(small_ops)
     finally:
         server.stop()
@@ -163,8 +164,8 @@ def test_cli_busy_port(cli, tmp_path, cache_dir, small_ops):
                            "--cache", cache_dir)
     assert code != 0 and f"port 127.0.0.1:{port} is busy" in _one_line(err)
     # nothing measured, nothing lost: the build error-free artifact is cached, no row claims success
-    assert not table_path(tmp_path, "busy", "tvm-untuned").exists() or \
-        (pd.read_parquet(table_path(tmp_path, "busy", "tvm-untuned"))["status"] != "ok").all()
+    assert not table_path(tmp_path, "busy", DEFAULT).exists() or \
+        (pd.read_parquet(table_path(tmp_path, "busy", DEFAULT))["status"] != "ok").all()
 
 
 def test_cli_dead_server(cli, tmp_path, cache_dir, small_ops):
@@ -185,7 +186,7 @@ def test_cli_help_and_ops(cli):
 
 def test_cli_table_show(cli, fast_device, cache_dir, small_ops, tmp_path):
     measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)
-    code, out, _ = cli("table", "show", table_path(tmp_path, "fast-cpu", "tvm-untuned"))
+    code, out, _ = cli("table", "show", table_path(tmp_path, "fast-cpu", DEFAULT))
     assert code == 0 and small_ops[0].key in out and "median_ms" in out
 
 
