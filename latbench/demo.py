@@ -55,7 +55,6 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
     # 1. profile: the space's ops plus random MBConv configs that teach xgboost about unseen shapes
     done = step("profile")
     ops = list(space.distinct_ops())
-    measure_ops(ops, device, data, be, cache=cache, progress=True)
     df = measure_ops(ops + sample_ops(n_sample_ops, 0), device, data, be, cache=cache, progress=True)
     good = ok_rows(df)
     table = table_path(data, device.name, be.name)

@@ -84,10 +84,8 @@ class SessionRunner:
             res = call_with_timeout(
                 lambda: time_library(self.session, art.lib, x, t, self.device.is_cuda, expected),
                 t.op_timeout, f"timing on {self.address}")
-        except RPCTimeout:
-            raise
         except Exception as exc:
-            if is_link_error(exc):
+            if is_link_error(exc):  # includes RPCTimeout: the caller drops the session
                 raise
             return {"status": "error", "error": f"run failed: {first_line(exc)}", "stage": "run",
                     "server": self.address}
