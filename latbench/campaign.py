@@ -1,234 +1,249 @@
-"""A measurement campaign: build artifacts (parallel, cached), time them on a device, keep every row.
+"""A measurement campaign: artifacts (built here or prebuilt) timed on a device in interleaved rounds.
 
-This is the Python API behind ``latbench measure`` / ``compile``::
+This is the Python API behind ``latbench measure`` / ``compile`` / ``evaluate``::
 
     from latbench.campaign import measure_ops, measure_archs
     df = measure_ops(Space(resolution=224).distinct_ops(), "local-cpu", "data")
 
-Flow: jobs (ops or archs) → build phase (worker processes; each result cached on disk) →
-measure phase (a runner: one timing at a time per device server) → rows appended to the table
-journal as they come → table consolidated to Parquet. Interrupted campaigns resume: keys already
-``ok`` in the table are skipped.
+Flow: jobs (ops and/or whole networks) → a :class:`~latbench.build.JobSource` (build phase in worker
+processes, cached; or a prebuilt artifact set) → measure phase: every unfinished item is visited
+once per round in a fresh random order, a reference op timed between visits (see
+:mod:`latbench.rounds` for the method and its statistic) → each visit appended to the table's visit
+journal the moment it is taken → when no item needs another visit, one row per item is written
+and the tables consolidated to Parquet. Interrupted campaigns resume at visit granularity: keys
+already ``ok`` in the table are skipped, and the visits an unfinished item already had count.
 """
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
-import os
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 
-from latbench.artifacts import Artifact, ArtifactCache, artifact_id
+from latbench import rounds
+from latbench.artifacts import ArtifactCache
 from latbench.backends.base import Backend, get_backend
+from latbench.build import BuildSource, JobSource, ManifestSource, Prepared, build_all, build_job, compile_jobs
 from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.facts import host_facts, versions
-from latbench.features import op_features
+from latbench.jobs import RTOL, Job
 from latbench.ops import OpSpec
+from latbench.progress import bar
+from latbench.runners import make_runner
+from latbench.runners.base import Visit
+from latbench.runners.lock import device_lock
+from latbench.runners.rpc import check_reachable
 from latbench.space import Arch
 from latbench.tables import TableStore, table_path
 
+__all__ = ["Campaign", "Job", "RTOL", "build_all", "build_job", "compile_jobs", "measure_ops", "measure_archs",
+           "measure_jobs", "plan_of"]
+
 log = logging.getLogger(__name__)
 
-#: Relative tolerance of the numerical check against PyTorch (fp32; scaled by the output's magnitude).
-RTOL = 1e-3
+
+def plan_of(device: Device, **overrides: Any) -> rounds.Plan:
+    """The rounds plan from the device's ``timing`` section, with CLI overrides (``None`` = keep)."""
+    t = device.timing
+    fields = {"rounds": t.rounds, "repeat": t.repeat, "ci_target": t.ci_target, "max_visits": t.max_visits,
+              "burst_threshold": t.burst_threshold, "reference": t.reference, "seed": t.seed}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields["rounds"] < 1:
+        raise LatbenchError(f"--rounds must be >= 1, got {fields['rounds']}")
+    if not 0 < fields["ci_target"] < 1:
+        raise LatbenchError(f"--ci-target must be a fraction in (0, 1) such as 0.02, got {fields['ci_target']}")
+    if fields["max_visits"] and fields["max_visits"] < fields["rounds"]:
+        raise LatbenchError(f"--max-visits ({fields['max_visits']}) must be >= --rounds ({fields['rounds']})")
+    return rounds.Plan(**fields)
 
 
-@dataclass(frozen=True)
-class Job:
-    """One thing to measure: an op (key = op key) or a whole network (key = arch key)."""
-
-    key: str
-    what: str  # "ops" | "archs"
-    arch: dict | None = None
-
-    @staticmethod
-    def op(op: OpSpec) -> "Job":
-        return Job(op.key, "ops")
-
-    @staticmethod
-    def network(arch: Arch) -> "Job":
-        return Job(arch.key, "archs", arch.to_dict())
-
-    def describe(self) -> dict[str, Any]:
-        """The row fields that identify this job (shape fields and features, or the arch)."""
-        if self.what == "ops":
-            op = OpSpec.parse(self.key)
-            row = {"kind": op.kind, "in_h": op.in_h, "in_w": op.in_w, "in_ch": op.in_ch,
-                   "out_h": op.out_h, "out_w": op.out_w, "out_ch": op.out_ch, "expand": op.expand,
-                   "kernel": op.kernel, "stride": op.stride, "idskip": op.idskip}
-            row.update(op_features(op))  # shape fields repeat with the same values
-            return row
-        arch = Arch.from_dict(self.arch or {})
-        return {"kind": "arch", "arch": arch.to_json(), "resolution": arch.resolution,
-                "width_mult": arch.width_mult}
-
-    def module_and_input(self) -> tuple[Any, Any]:
-        """The eval-mode PyTorch module and its seeded example input."""
-        from latbench.modules import build_network, build_op_module, example_input
-
-        if self.what == "ops":
-            op = OpSpec.parse(self.key)
-            return build_op_module(op), example_input(op.input_shape, self.key)
-        arch = Arch.from_dict(self.arch or {})
-        return build_network(arch), example_input((1, 3, arch.resolution, arch.resolution), self.key)
-
-
-# -- build phase -------------------------------------------------------------------------------
-def _artifact_for(job: Job, backend: Backend, device: Device, cache: ArtifactCache) -> Artifact:
-    import tvm
-
-    ident = artifact_id(job.key, backend.name, backend.settings(), device.target_json(),
-                        device.cross_compiler, tvm.__version__)
-    return cache.get(backend.name, ident)
-
-
-def build_job(job: Job, backend: Backend, device: Device, artifact: Artifact) -> dict[str, Any]:
-    """Build one artifact (input, PyTorch's expected output, library, meta). Runs in a worker."""
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's deprecation chatter
-    torch.set_num_threads(1)  # build workers run side by side; one core each
-    t0 = time.perf_counter()
-    module, x = job.module_and_input()
-    with torch.no_grad():
-        y = module(x)
-    artifact.root.mkdir(parents=True, exist_ok=True)
-    np.save(artifact.input, x.numpy())
-    np.save(artifact.expected, y.numpy())
-    notes = backend.build(module, x, device, artifact.lib) if backend.kind == "tvm" else {}
-    notes["build_s"] = round(time.perf_counter() - t0, 3)
-    artifact.write_meta({"key": job.key, "what": job.what, "arch": job.arch, "backend": backend.name,
-                         "settings": backend.settings(), "target": device.target_json(),
-                         "device": device.name, "cross_compiler": device.cross_compiler,
-                         "build": notes, "versions": versions()})
-    return notes
-
-
-def _build_worker(job: Job, backend: Backend, device: Device, root: str) -> tuple[str, dict | None, str | None]:
-    artifact = Artifact(Path(root))
-    try:
-        return job.key, build_job(job, backend, device, artifact), None
-    except LatbenchError as exc:
-        return job.key, None, str(exc)
-    except Exception as exc:  # a compile error is recorded for that op; the campaign goes on
-        from latbench.runners.rpc import first_line
-
-        return job.key, None, f"build failed: {exc.__class__.__name__}: {first_line(exc)}"
-
-
-def build_all(jobs: Sequence[Job], backend: Backend, device: Device, cache: ArtifactCache,
-              workers: int | None = None, progress: bool = True
-              ) -> tuple[dict[str, Artifact], dict[str, str]]:
-    """Build every job's artifact (cached ones are reused). Returns (key → artifact, key → error)."""
-    from latbench.progress import bar
-
-    arts = {j.key: _artifact_for(j, backend, device, cache) for j in jobs}
-    todo = [j for j in jobs if not arts[j.key].is_complete()]
-    errors: dict[str, str] = {}
-    if todo:
-        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        log.info("building %d artifacts (%d cached) with %d workers", len(todo), len(jobs) - len(todo), n_workers)
-        with bar(total=len(todo), desc=f"compile {backend.name}", enabled=progress) as pbar:
-            if n_workers == 1:
-                for j in todo:
-                    _, _, err = _build_worker(j, backend, device, str(arts[j.key].root))
-                    if err:
-                        errors[j.key] = err
-                    pbar.update(1)
-            else:
-                ctx = mp.get_context("spawn")  # fork after importing torch/TVM is unsafe
-                with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                    futs = [pool.submit(_build_worker, j, backend, device, str(arts[j.key].root)) for j in todo]
-                    try:
-                        for fut in as_completed(futs):
-                            key, _, err = fut.result()
-                            if err:
-                                errors[key] = err
-                            pbar.update(1)
-                    except BaseException:
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        raise
-    for key, err in errors.items():
-        log.warning("%s: %s", key, err)
-    return {k: a for k, a in arts.items() if k not in errors}, errors
-
-
-# -- measure phase -----------------------------------------------------------------------------
 @dataclass
 class Campaign:
-    """Measure jobs on a device with a backend, appending rows to ``out_dir``'s table as they come."""
+    """Measure jobs on a device, appending visits and rows to ``out_dir``'s tables as they come."""
 
     device: Device
-    backend: Backend
+    backend: Backend | None
     out_dir: Path
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     workers: int | None = None
     progress: bool = True
+    plan: rounds.Plan | None = None
+    source: JobSource | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
 
-    def store(self, what: str) -> TableStore:
-        return TableStore(table_path(self.out_dir, self.device.name, self.backend.name, what))
+    def __post_init__(self) -> None:
+        self.plan = self.plan or plan_of(self.device)
+        if self.source is None:
+            if self.backend is None:
+                raise LatbenchError("a campaign needs a backend or a prebuilt artifact set")
+            self.source = BuildSource(self.backend, self.device, self.cache, self.workers, self.progress)
 
-    def base_row(self) -> dict[str, Any]:
-        d, t = self.device, self.device.timing
-        return {"device": d.name, "backend": self.backend.name, "target": d.target_json(),
-                "number": t.number, "repeat": t.repeat, "min_repeat_ms": t.min_repeat_ms,
-                "warmup": t.warmup, "cooldown_ms": t.cooldown_ms, "num_threads": d.threads,
-                "emulated": d.emulated, "backend_settings": json.dumps(self.backend.settings(), sort_keys=True),
-                "versions": json.dumps(versions(), sort_keys=True),
-                "host_facts": json.dumps(host_facts(), sort_keys=True)}
+    @property
+    def backend_name(self) -> str:
+        if self.backend is not None:
+            return self.backend.name
+        return str(getattr(self.source, "backend_name", "tvm"))
 
+    def store(self, what: str, backend: str | None = None) -> TableStore:
+        return TableStore(table_path(self.out_dir, self.device.name, backend or self.backend_name, what))
+
+    def base_row(self, prep: Prepared) -> dict[str, Any]:
+        d, t, plan = self.device, self.device.timing, self.plan
+        assert plan is not None
+        row = {"device": d.name, "backend": prep.backend, "target": prep.target, "number": t.number,
+               "repeat": t.repeat, "min_repeat_ms": t.min_repeat_ms, "warmup": t.warmup,
+               "cooldown_ms": t.cooldown_ms, "num_threads": d.threads, "emulated": d.emulated,
+               "ci_target": plan.ci_target, "burst_threshold": plan.burst_threshold,
+               "reference": prep.reference is not None, "runner": prep.runner,
+               "versions": json.dumps(prep.extra.get("versions") or versions(), sort_keys=True),
+               "host_facts": json.dumps(host_facts(), sort_keys=True)}
+        if "backend_settings" in prep.extra:
+            row["backend_settings"] = json.dumps(prep.extra["backend_settings"], sort_keys=True)
+        if "artifacts" in prep.extra:
+            row["artifacts"] = prep.extra["artifacts"]
+        return row
+
+    # -- the measure loop ---------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job], limit: int | None = None) -> pd.DataFrame:
-        """Measure what is missing among ``jobs`` (first ``limit`` of them); return the whole table."""
+        """Measure what is missing among ``jobs`` (first ``limit`` of them); return the table of the first
+        job's kind (all its rows, old and new). Ops and networks may be mixed: they are timed in the same
+        interleaved rounds (so drift hits both alike) and go to their own tables."""
         if not jobs:
             raise LatbenchError("nothing to measure")
-        what = jobs[0].what
-        store = self.store(what)
-        store.consolidate()  # fold what an interrupted run left in the journal
-        jobs = list(jobs)[:limit] if limit else list(jobs)
-        done = store.done_keys()
-        todo = [j for j in jobs if j.key not in done]
-        log.info("%s on %s/%s: %d to measure, %d already in %s", what, self.device.name, self.backend.name,
-                 len(todo), len(jobs) - len(todo), store.path)
-        if not todo:
-            return store.consolidate()
-        base = self.base_row()
-        by_key = {j.key: j for j in todo}
+        if limit is not None and limit < 1:
+            raise LatbenchError(f"--limit must be >= 1, got {limit}")
+        jobs = list(dict((j.key, j) for j in jobs).values())[:limit]
+        plan = self.plan
+        assert plan is not None and self.source is not None
+        kinds = list(dict.fromkeys(j.what for j in jobs))
+        stores = {w: self.store(w) for w in kinds}
+        done: set[str] = set()
+        for st in stores.values():
+            st.consolidate()  # fold what an interrupted run left in the journal
+        with device_lock(self.device):  # decide what to measure only once the device is ours
+            for st in stores.values():
+                done |= st.done_keys()
+            todo = [j for j in jobs if j.key not in done]
+            log.info("%s on %s/%s: %d to measure, %d already done", "+".join(kinds), self.device.name,
+                     self.backend_name, len(todo), len(jobs) - len(todo))
+            if todo:
+                self._measure(todo, stores, plan)
+        return stores[kinds[0]].consolidate()
 
-        def record(key: str, result: dict[str, Any]) -> None:
+    def _measure(self, todo: list[Job], stores: dict[str, TableStore], plan: rounds.Plan) -> None:
+        assert self.source is not None
+        by_key = {j.key: j for j in todo}
+        if isinstance(self.source, BuildSource) and self.source.backend.kind == "tvm":
+            check_reachable(self.device)  # an unreachable board fails now, not after the build
+        prep = self.source.prepare(todo, plan.reference)
+        base = self.base_row(prep)
+        finished: set[str] = set()
+
+        def write(key: str, result: dict[str, Any]) -> None:
             row = {"key": key, **by_key[key].describe(), **base, **result,
                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             row.setdefault("status", "ok")
-            store.append(row)
+            stores[by_key[key].what].append(row)
+            finished.add(key)
 
-        from latbench.runners.rpc import check_reachable
-
-        if self.backend.kind == "tvm":
-            check_reachable(self.device)  # an unreachable board fails now, not after the build
         try:
-            arts, errors = build_all(todo, self.backend, self.device, self.cache, self.workers, self.progress)
-            for key, err in errors.items():
-                record(key, {"status": "error", "error": err, "stage": "build"})
-            from latbench.runners import make_runner
-            from latbench.runners.lock import device_lock
-
-            items = [(j.key, arts[j.key]) for j in todo if j.key in arts]
-            if items:
-                with device_lock(self.device), make_runner(self.device, self.backend) as runner:
-                    runner.run(items, record, progress=self.progress)
+            for key, err in prep.errors.items():
+                write(key, {"status": "error", "error": err, "stage": "build"})
+            visits: dict[str, list[dict[str, Any]]] = {j.key: [] for j in todo if j.key in prep.artifacts}
+            for st in stores.values():
+                for k, vs in st.pending_visits().items():
+                    if k in visits:
+                        visits[k] = vs
+            resumed = sum(len(v) for v in visits.values())
+            if resumed:
+                log.info("resuming: %d visits of %d items already taken", resumed, sum(1 for v in visits.values() if v))
+            if visits:
+                self._rounds(visits, prep, stores, by_key, plan, write)
         finally:
-            df = store.consolidate()
-        return df
+            for st in stores.values():
+                st.consolidate()
+                st.fold_visits(finished)
+
+    def _rounds(self, visits: dict[str, list[dict[str, Any]]], prep: Prepared, stores: dict[str, TableStore],
+                by_key: dict[str, Job], plan: rounds.Plan, write: Any) -> None:
+        active = set(visits)
+        errors: dict[str, dict[str, Any]] = {}
+        pbar = bar(total=len(active) * plan.rounds, desc=f"measure {self.device.name}", enabled=self.progress)
+        pbar.update(sum(len(v) for v in visits.values()))
+
+        def on_result(v: Visit, res: dict[str, Any]) -> None:
+            pbar.update(1)
+            if res.get("status") == "error":
+                errors[v.key] = res
+                active.discard(v.key)
+                write(v.key, res)
+                return
+            rec = {**res, "round": v.round}
+            stores[by_key[v.key].what].append_visit(v.key, rec)
+            visits[v.key].append(rec)
+
+        rng = random.Random(plan.seed)
+        try:
+            with make_runner(self.device, prep.runner, prep.reference, plan.visit_repeat,
+                             self.backend) as runner:
+                while True:
+                    floors = rounds.reference_floors(v for vs in visits.values() for v in vs)
+                    need = sorted(k for k in active if rounds.needs_visit(visits[k], floors, plan))
+                    if not need:
+                        break
+                    rng.shuffle(need)
+                    extra = max(0, len(need) - (pbar.total - pbar.n))
+                    if extra:
+                        pbar.total += extra
+                    runner.run([Visit(k, prep.artifacts[k], len(visits[k]) + 1) for k in need], on_result)
+        finally:
+            pbar.close()
+        floors = rounds.reference_floors(v for vs in visits.values() for v in vs)
+        good = {k: vs for k, vs in visits.items() if k not in errors and vs}
+        for k, vs in good.items():
+            row = rounds.summarize_item(vs, floors, plan)
+            row["max_abs_err"] = vs[-1].get("max_abs_err")
+            row["tolerance"] = vs[-1].get("tolerance")
+            write(k, row)
+        self.summary = rounds.campaign_summary(good, floors, plan)
+        self.summary["unstable"] = sum(bool(rounds.summarize_item(vs, floors, plan)["unstable"]) for vs in good.values())
+        self.summary["errors"] = len(errors)
+        self._warn(good)
+        log.info(self.summary_line())
+
+    def _warn(self, visits: dict[str, list[dict[str, Any]]]) -> None:
+        allv = [v for vs in visits.values() for v in vs]
+        govs = {str(v.get("governor")) for v in allv if v.get("governor")}
+        bad = sorted(g for g in govs if g != "performance")
+        if bad:
+            log.warning("CPU frequency governor %s during the campaign (not 'performance'): timings drift with the "
+                        "clock; set it with `cpupower frequency-set -g performance` on the device", ",".join(bad))
+        if any(v.get("throttled") for v in allv):
+            log.warning("the device throttled (temperature or under-voltage) during the campaign: its rows "
+                        "describe a throttled device; cool it or power it better and re-measure")
+        if self.summary.get("unstable"):
+            log.warning("%d of %d items are flagged unstable (CI above %g %% after %d visits); they are marked in "
+                        "the table (`latbench table show`); rerun on a quieter machine for better numbers",
+                        self.summary["unstable"], len(visits), 100 * (self.plan.ci_target if self.plan else 0),
+                        self.plan.visit_cap if self.plan else 0)
+
+    def summary_line(self) -> str:
+        """One line on the campaign: visits, rejections, the reference's drift, unstable items."""
+        s = self.summary
+        if not s:
+            return "nothing was timed"
+        line = (f"{s['items']} items, {s['visits']} visits ({self.plan.rounds if self.plan else 0} rounds), "
+                f"{s['rejected']} rejected as slow moments ({100 * s['rejected'] / max(1, s['visits']):.1f} %)")
+        if "ref_min_ms" in s:
+            line += (f", reference {s['ref_min_ms']:.3f}–{s['ref_max_ms']:.3f} ms (drift {s['ref_drift']:.2f}×, "
+                     f"median {s['ref_median_ms']:.3f})")
+        return line + f", {s.get('unstable', 0)} unstable, {s.get('errors', 0)} errors"
 
 
 def _resolve(device: Device | str, backend: Backend | str | None) -> tuple[Device, Backend]:
@@ -237,40 +252,42 @@ def _resolve(device: Device | str, backend: Backend | str | None) -> tuple[Devic
     return dev, be
 
 
+def measure_jobs(jobs: Sequence[Job], device: Device | str = "local-cpu", out_dir: str | Path = "data",
+                 backend: Backend | str | None = None, cache: str | Path | None = None, progress: bool = False,
+                 limit: int | None = None, **plan: Any) -> pd.DataFrame:
+    """Measure ops and/or networks in one interleaved campaign; returns the first job kind's table.
+    ``plan`` overrides the device's rounds settings (``rounds=``, ``ci_target=``, ``max_visits=``…)."""
+    dev, be = _resolve(device, backend)
+    return Campaign(dev, be, Path(out_dir), ArtifactCache(cache), progress=progress,
+                    plan=plan_of(dev, **plan)).run(jobs, limit)
+
+
 def measure_ops(ops: Iterable[OpSpec], device: Device | str = "local-cpu", out_dir: str | Path = "data",
                 backend: Backend | str | None = None, limit: int | None = None,
-                cache: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
+                cache: str | Path | None = None, progress: bool = False, **plan: Any) -> pd.DataFrame:
     """Measure ops on a device; returns the device/backend op table (all rows, old and new)."""
-    dev, be = _resolve(device, backend)
     jobs = [Job.op(o) for o in dict.fromkeys(ops)]
-    return Campaign(dev, be, Path(out_dir), ArtifactCache(cache), progress=progress).run(jobs, limit)
+    return measure_jobs(jobs, device, out_dir, backend, cache, progress, limit, **plan)
 
 
 def measure_archs(archs: Iterable[Arch], device: Device | str = "local-cpu", out_dir: str | Path = "data",
                   backend: Backend | str | None = None, cache: str | Path | None = None,
-                  progress: bool = False) -> pd.DataFrame:
-    """Measure whole networks; returns the rows of the archs table for the given archs."""
-    dev, be = _resolve(device, backend)
+                  progress: bool = False, ops: Iterable[OpSpec] = (), **plan: Any) -> pd.DataFrame:
+    """Measure whole networks (with ``ops`` timed in the same rounds, into the op table); returns the
+    rows of the archs table for the given archs."""
     archs = list(archs)
-    jobs = list({a.key: Job.network(a) for a in archs}.values())
-    df = Campaign(dev, be, Path(out_dir), ArtifactCache(cache), progress=progress).run(jobs)
+    jobs = list({a.key: Job.network(a) for a in archs}.values()) + [Job.op(o) for o in dict.fromkeys(ops)]
+    df = measure_jobs(jobs, device, out_dir, backend, cache, progress, **plan)
     keys = [a.key for a in archs]
     return df.set_index("key").loc[[k for k in keys if k in set(df["key"])]].reset_index()
 
 
-def compile_jobs(jobs: Sequence[Job], device: Device | str, out_dir: str | Path,
-                 backend: Backend | str | None = None, progress: bool = False) -> Path:
-    """Build artifacts into ``out_dir`` (an artifact set with a manifest) without measuring."""
-    dev, be = _resolve(device, backend)
-    cache = ArtifactCache(out_dir)
-    arts, errors = build_all(jobs, be, dev, cache, progress=progress)
-    entries = []
-    for j in jobs:
-        e = {"key": j.key, "what": j.what, "arch": j.arch}
-        if j.key in arts:
-            e.update(status="ok", path=str(arts[j.key].root.relative_to(cache.root)))
-        else:
-            e.update(status="error", error=errors.get(j.key, "not built"), path=None)
-        entries.append(e)
-    return cache.write_manifest(entries, {"device": dev.name, "backend": be.name, "target": dev.target_json(),
-                                          "emulated": dev.emulated, "versions": versions()})
+def measure_artifacts(root: str | Path, device: Device, out_dir: str | Path, progress: bool = True,
+                      runtime_only: bool = False, **plan: Any) -> pd.DataFrame:
+    """Time every built entry of the artifact set ``root`` on ``device`` (same loop, same tables)."""
+    source = ManifestSource(Path(root), device, runtime_only)
+    jobs = source.jobs()
+    if not jobs:
+        raise LatbenchError(f"artifact set {root} has no entries")
+    camp = Campaign(device, None, Path(out_dir), progress=progress, plan=plan_of(device, **plan), source=source)
+    return camp.run(jobs)

@@ -25,11 +25,12 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step and return (and write to ``OUT/summary.json``) a summary of each result."""
     from latbench.backends.base import get_backend
-    from latbench.campaign import measure_archs, measure_ops
+    from latbench.campaign import measure_archs
     from latbench.sampling import sample_ops
     from latbench.tables import ok_rows, table_path
     from predictors import GBDTPredictor, LUTPredictor, load_predictor, save_predictor
-    from predictors.evaluate import evaluate_predictor, format_metrics
+    from latbench.tables import read_table
+    from predictors.evaluate import evaluate_predictor, format_metrics, interleave, sample_archs
 
     out = Path(out)
     data = out / "data"
@@ -52,10 +53,15 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
         return done
 
     out.mkdir(parents=True, exist_ok=True)
-    # 1. profile: the space's ops plus random MBConv configs that teach xgboost about unseen shapes
+    # 1. profile: the space's ops, random MBConv configs that teach xgboost about unseen shapes, and the
+    #    networks the predictors are evaluated on, all in one interleaved campaign (drift hits all alike)
     done = step("profile")
     ops = list(space.distinct_ops())
-    df = measure_ops(ops + sample_ops(n_sample_ops, 0), device, data, be, cache=cache, progress=True)
+    eval_archs = sample_archs(space, n_eval, 0)
+    cal_archs = sample_archs(space, n_calibrate, 10_000, exclude=[a.key for a in eval_archs]) if n_calibrate else []
+    measure_archs(interleave(eval_archs, cal_archs), device, data, be, cache=cache, progress=True,
+                  ops=ops + sample_ops(n_sample_ops, 0))
+    df = read_table(table_path(data, device.name, be.name))
     good = ok_rows(df)
     table = table_path(data, device.name, be.name)
     in_space = good[good["key"].isin({o.key for o in ops})]

@@ -25,6 +25,13 @@ Schema (every field but ``name`` and ``target`` has a default)::
       warmup: 3                       # untimed runs before timing
       cooldown_ms: 0
       op_timeout: 120                 # s; one op's timing may not take longer
+      rounds: 5                       # interleaved rounds: every item visited once per round, shuffled;
+                                      # each visit times ceil(repeat / rounds) repeats (see latbench.rounds)
+      ci_target: 0.02                 # more visits while an item's 95 % CI half-width is above 2 % of it
+      max_visits: 0                   # cap on visits per item (0: 3 x rounds); unsettled items are `unstable`
+      burst_threshold: 0.10           # a visit whose reference op ran > 10 % slower than its best is rejected
+      reference: true                 # time the reference op between visits (burst rejection)
+      seed: 0                         # seed of the visit order
     ssh: {host: pi4.local, port: 22, user: pi, key_file: ~/.ssh/id_ed25519}   # management (optional)
                                       # also: known_hosts, host_key_policy (reject | accept-new | warn),
                                       # password_env (env var with the password), connect_timeout, python, workdir
@@ -83,6 +90,12 @@ class Timing:
     warmup: int = 3
     cooldown_ms: int = 0
     op_timeout: float = 120.0
+    rounds: int = 5
+    ci_target: float = 0.02
+    max_visits: int = 0
+    burst_threshold: float = 0.10
+    reference: bool = True
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,13 @@ _TOP = ("name", "description", "target", "host_target", "cross_compiler", "emula
 HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
 
 
+def _bool(c: _Checker, d: dict, fld: str, default: bool) -> bool:
+    v = d.get(fld, default)
+    if not isinstance(v, bool):
+        raise c.fail("timing." + fld, "true or false", v)
+    return v
+
+
 def _host_key_policy(c: _Checker, s: dict) -> str:
     v = s.get("host_key_policy", "reject")
     if v not in HOST_KEY_POLICIES:
@@ -258,7 +278,10 @@ def device_from_dict(d: Any, source: str = "<dict>", default_name: str | None = 
     t = c.section(d, "timing", tuple(Timing.__dataclass_fields__))
     timing = Timing(c.num(t, "number", 1, int, 1, "timing."), c.num(t, "repeat", 15, int, 1, "timing."),
                     c.num(t, "min_repeat_ms", 40, int, 0, "timing."), c.num(t, "warmup", 3, int, 0, "timing."),
-                    c.num(t, "cooldown_ms", 0, int, 0, "timing."), c.num(t, "op_timeout", 120, float, 1, "timing."))
+                    c.num(t, "cooldown_ms", 0, int, 0, "timing."), c.num(t, "op_timeout", 120, float, 1, "timing."),
+                    c.num(t, "rounds", 5, int, 1, "timing."), c.num(t, "ci_target", 0.02, float, 1e-6, "timing."),
+                    c.num(t, "max_visits", 0, int, 0, "timing."), c.num(t, "burst_threshold", 0.1, float, 1e-6, "timing."),
+                    _bool(c, t, "reference", True), c.num(t, "seed", 0, int, 0, "timing."))
 
     ssh = None
     if d.get("ssh") is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import platform
@@ -27,7 +28,17 @@ from typing import Any
 import numpy as np
 
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
-RTOL = 1e-3  # same tolerance as latbench.campaign.RTOL
+
+
+def _sibling(name: str) -> Any:
+    """A module shipped beside this file (in latbench's package or in a bundle): no latbench import needed."""
+    spec = importlib.util.spec_from_file_location(f"_latbench_board_{name}", Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+timing = _sibling("timing")  # the timing core: calibration, runs, statistics, output check
 KDL_CPU, KDL_CUDA = 1, 2
 POOLED_ALLOCATOR = 2
 
@@ -61,13 +72,6 @@ def load_runtime(cuda: bool = False) -> Any:
     for name in RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ()):
         ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
     return tvm_ffi
-
-
-def summarize(samples_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s, dtype=float) * 1e3
-    mean = float(ms.mean())
-    return {"mean_ms": mean, "median_ms": float(np.median(ms)), "std_ms": float(ms.std()),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "cv": float(ms.std() / mean) if mean else 0.0}
 
 
 class ArtifactTimer:
@@ -111,44 +115,23 @@ class ArtifactTimer:
         vm["vm_initialization"](self.dev_type, 0, POOLED_ALLOCATOR, KDL_CPU, 0, POOLED_ALLOCATOR)
         return vm
 
-    def time(self, art: Path, warmup: int, number: int, repeat: int, min_repeat_ms: float) -> dict[str, Any]:
+    def prepare(self, art: Path) -> tuple[Any, Any, dict[str, Any]]:
+        """Load an artifact: ``(main, input tensor, check fields)`` (``status: error`` if its output is wrong)."""
         x = np.load(art / "input.npy")
         expected = np.load(art / "expected.npy")
-        vm = self.load(art / "lib.so")
-        main = vm["main"]
+        main = self.load(art / "lib.so")["main"]
         xt = self.to_device(x)
-        y = self.to_numpy(main(xt))
-        out: dict[str, Any] = {}
-        err = float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape else float("inf")
-        tol = RTOL * (1.0 + float(np.max(np.abs(expected))))
-        out.update(max_abs_err=err, tolerance=tol)
+        return main, xt, timing.check_fields(expected, timing.output_error(self.to_numpy(main(xt)), expected))
+
+    def time(self, art: Path, warmup: int, number: int, repeat: int, min_repeat_ms: float) -> dict[str, Any]:
+        """Load, check and time one artifact in one window; statistics in ms."""
+        main, xt, out = self.prepare(art)
+        fn = lambda: main(xt)  # noqa: E731
         for _ in range(warmup):
-            main(xt)
-        self.sync()
-        # Raise `number` until one repeat lasts min_repeat_ms (like TVM's time_evaluator).
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(number):
-                main(xt)
-            self.sync()
-            dt = time.perf_counter() - t0
-            if dt * 1e3 >= min_repeat_ms or number >= 1 << 20:
-                break
-            number = max(number * 2, int(number * min_repeat_ms / max(dt * 1e3, 1e-3) * 1.1))
-        samples = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                main(xt)
-            self.sync()
-            samples.append((time.perf_counter() - t0) / number)
-        out.update(summarize(samples))
-        out["number"] = number
-        if err > tol:
-            out.update(status="error", stage="check",
-                       error=f"output differs from PyTorch: max abs err {err:.3g} > {tol:.3g}")
-        else:
-            out["status"] = "ok"
+            fn()
+        number = timing.calibrate(fn, self.sync, min_repeat_ms, number)
+        out.update(timing.summarize(timing.time_runs(fn, self.sync, 0, number, repeat)), number=number)
+        out.setdefault("status", "ok")
         return out
 
 

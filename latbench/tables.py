@@ -23,13 +23,17 @@ it), ``emulated``, ``build`` (JSON build notes), ``versions`` (JSON), ``host_fac
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from latbench.errors import LatbenchError
+
+log = logging.getLogger(__name__)
 
 STAT_COLUMNS = ("mean_ms", "median_ms", "std_ms", "min_ms", "max_ms", "cv")
 TABLE_KINDS = ("ops", "archs")
@@ -77,19 +81,27 @@ def _journal_of(path: Path) -> Path:
 
 
 def _read_journal(journal: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines journal; a line that is not a JSON object with a string ``key`` (a torn
+    last line from a killed process, or damage) is skipped, with one warning per journal."""
     if not journal.exists():
         return []
-    rows = []
-    with journal.open() as f:
+    rows, bad = [], 0
+    with journal.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                # Only the last line can be torn (the process died mid-write); it is re-measured.
+                bad += 1
                 continue
+            if isinstance(row, dict) and isinstance(row.get("key"), str):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s); what they held is measured again", journal, bad)
     return rows
 
 
@@ -119,6 +131,8 @@ class TableStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.journal = _journal_of(self.path)
+        self.visits_journal = self.path.with_name(self.path.name.replace(".parquet", "") + ".visits.jsonl")
+        self.visits_path = self.path.with_name(self.path.name.replace(".parquet", "") + ".visits.parquet")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             probe = self.path.parent / ".write-test"
@@ -151,6 +165,44 @@ class TableStore:
             f.flush()
             os.fsync(f.fileno())
 
+    # -- visits (every timing window of a campaign; resume works at this granularity) ------------------
+    def append_visit(self, key: str, visit: dict[str, Any]) -> None:
+        """Persist one visit now (durable on return)."""
+        line = json.dumps({"key": key, **visit}, default=_json_default, sort_keys=True)
+        with self.visits_journal.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pending_visits(self) -> dict[str, list[dict[str, Any]]]:
+        """Visits of items not finished yet (an interrupted campaign's), by key, in the order taken."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for v in _read_journal(self.visits_journal):
+            if isinstance(v.get("median_ms"), (int, float)) and v["median_ms"] > 0:
+                out.setdefault(v["key"], []).append(v)
+        return out
+
+    def fold_visits(self, finished: set[str]) -> None:
+        """Move the visits of finished items from the journal to ``<table>.visits.parquet`` (a long table)."""
+        if not self.visits_journal.exists():
+            return
+        visits = _read_journal(self.visits_journal)
+        done = [v for v in visits if v["key"] in finished]
+        keep = [v for v in visits if v["key"] not in finished]
+        if done:
+            new = pd.DataFrame(done)
+            old = pd.read_parquet(self.visits_path) if self.visits_path.exists() else pd.DataFrame()
+            df = _normalise(pd.concat([old, new], ignore_index=True) if len(old) else new)
+            tmp = self.visits_path.with_suffix(".parquet.tmp")
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, self.visits_path)
+        if keep:
+            tmp = self.visits_journal.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(v, default=_json_default, sort_keys=True) + "\n" for v in keep))
+            os.replace(tmp, self.visits_journal)
+        else:
+            self.visits_journal.unlink()
+
     def consolidate(self) -> pd.DataFrame:
         """Fold the journal into the Parquet file (atomic replace) and return the table."""
         df = self.frame()
@@ -173,11 +225,25 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot store {type(o).__name__} in a table")
 
 
+def _numeric_list(v: Any) -> bool:
+    if isinstance(v, np.ndarray):  # a list cell read back from Parquet
+        return v.dtype.kind in "biuf"
+    return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, bool, np.number, np.bool_)) for x in v)
+
+
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
-    """Make columns Parquet-friendly: dict/list cells become JSON strings."""
+    """Make columns Parquet-friendly: dict cells (and lists of anything but numbers) become JSON strings;
+    lists of numbers or booleans (``visits_ms``…) stay Parquet list columns."""
     for col in df.columns:
-        if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (dict, list))).any():
-            df[col] = df[col].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+        if df[col].dtype != object:
+            continue
+        cells = df[col].dropna()
+        if len(cells) and cells.map(_numeric_list).all():
+            df[col] = df[col].map(lambda v: [x if isinstance(x, (bool, np.bool_)) else float(x) for x in v]
+                                  if isinstance(v, (list, tuple, np.ndarray)) else None)
+            continue
+        if cells.map(lambda v: isinstance(v, (dict, list, tuple))).any():
+            df[col] = df[col].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
     return df
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from latbench.errors import LatbenchError
 from latbench.space import Arch, Space
+from latbench.tables import ok_rows
 from predictors.base import BasePredictor
 
 log = logging.getLogger(__name__)
@@ -119,34 +120,53 @@ def check_device(pred: BasePredictor, device: str) -> None:
                             f"{device!r}; evaluate it on {pred.device_!r} or fit one on {device!r}'s tables")
 
 
-def measured_latencies(archs: Sequence[Arch], device: Any, out_dir: str | Path, backend: str | None = None,
-                       progress: bool = False) -> tuple[list[Arch], np.ndarray]:
-    """Measure whole networks (cached/resumable); returns the archs measured OK and their median ms."""
-    from latbench.campaign import measure_archs  # deferred: imports the build machinery
+def measured_networks(archs: Sequence[Arch], device: Any, out_dir: str | Path, backend: str | None = None,
+                      progress: bool = False, ops: Sequence[Any] = ()) -> pd.DataFrame:
+    """Measure whole networks (cached/resumable), ``ops`` timed in the same interleaved rounds; returns
+    the archs table rows of the networks measured OK (in ``archs`` order)."""
+    from latbench.campaign import measure_archs  # deferred: imports the build machinery (torch, tvm)
 
-    df = measure_archs(list(archs), device, out_dir, backend=backend, progress=progress)
-    ok = df[(df["status"] == "ok") & df["median_ms"].notna() & (df["median_ms"] > 0)] if len(df) else df
+    df = measure_archs(list(archs), device, out_dir, backend=backend, progress=progress, ops=ops)
+    ok = ok_rows(df) if len(df) else df
     n_bad = len(archs) - len(ok)
     if n_bad:
         log.warning("%d of %d architectures failed to measure; evaluating the rest", n_bad, len(archs))
-    by_key = {a.key: a for a in archs}
-    got = [(by_key[k], float(v)) for k, v in zip(ok["key"], ok["median_ms"]) if k in by_key]
-    if not got:
+    if not len(ok):
         name = getattr(device, "name", device)
         raise LatbenchError(f"no architecture could be measured on {name} (see the errors in the archs "
                             f"table under {out_dir})")
+    return ok
+
+
+def measured_latencies(archs: Sequence[Arch], device: Any, out_dir: str | Path, backend: str | None = None,
+                       progress: bool = False, ops: Sequence[Any] = ()) -> tuple[list[Arch], np.ndarray]:
+    """Measure whole networks (cached/resumable); returns the archs measured OK and their latency (ms)."""
+    ok = measured_networks(archs, device, out_dir, backend, progress, ops)
+    by_key = {a.key: a for a in archs}
+    got = [(by_key[k], float(v)) for k, v in zip(ok["key"], ok["median_ms"]) if k in by_key]
     return [a for a, _ in got], np.array([v for _, v in got])
+
+
+def noise_floor(rows: pd.DataFrame) -> float | None:
+    """The campaign's noise floor: median 95 % CI half-width of the networks, in % (None for old tables)."""
+    if "ci_halfwidth_pct" not in rows or rows["ci_halfwidth_pct"].isna().all():
+        return None
+    return float(rows["ci_halfwidth_pct"].median())
 
 
 def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 200,
                        out_dir: str | Path = "data", seed: int = 0, backend: str | None = None,
                        calibrate: int = 0, report_dir: str | Path | None = None, name: str = "predictor",
-                       progress: bool = False) -> dict[str, Any]:
+                       progress: bool = False, joint: bool = False) -> dict[str, Any]:
     """Sample ``n`` archs at the deployment space, measure them, compare with ``pred``.
 
     ``calibrate=K`` also measures K other random archs (a disjoint sample, interleaved with the
     evaluated ones in time) and fits the predictor's calibration on them; metrics are then reported
     both raw (before) and calibrated (after).
+    ``joint=True`` also times the deployment space's ops in the same interleaved campaign as the
+    networks (so drift hits both alike) and reports, beside the predictor as given, a LUT fitted on
+    those op rows (``metrics_joint_lut``). ``metrics['noise_floor_pct']`` is the campaign's median CI
+    half-width of the networks.
     ``device`` is a :class:`latbench.devices.Device`, a device name or a YAML path. Writes
     ``<report_dir>/<name>-eval.{csv,json,png}`` (default ``report_dir``: ``out_dir/<device>/eval``).
     """
@@ -158,7 +178,12 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     space = pred.deployment_space()
     archs = sample_archs(space, n, seed)
     cal = sample_archs(space, calibrate, seed + 10_000, exclude=[a.key for a in archs]) if calibrate else []
-    got, got_ms = measured_latencies(interleave(archs, cal), device, out_dir, backend, progress)
+    ops = space.distinct_ops() if joint else ()
+    rows = measured_networks(interleave(archs, cal), device, out_dir, backend, progress, ops)
+    by_key = {a.key: a for a in interleave(archs, cal)}
+    got = [by_key[k] for k in rows["key"] if k in by_key]
+    got_ms = rows.set_index("key").loc[[a.key for a in got], "median_ms"].to_numpy(dtype=float)
+    floor = noise_floor(rows)
     cal_keys = {a.key for a in cal}
     is_cal = np.array([a.key in cal_keys for a in got], dtype=bool)
     archs, measured = [a for a, c in zip(got, is_cal) if not c], got_ms[~is_cal]
@@ -170,12 +195,22 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
                                         "n_classes": space.n_classes}}
     predicted = np.asarray(pred.predict(archs))
     result["metrics"] = accuracy_metrics(predicted, measured)
+    if joint:
+        from latbench.tables import table_path
+        from predictors.lut import LUTPredictor
+
+        lut = LUTPredictor().fit(table_path(out_dir, device.name, rows["backend"].iloc[0], "ops"))
+        if calibrate:
+            lut.fit_calibration(cal, cal_ms)
+        result["metrics_joint_lut"] = {**accuracy_metrics(np.asarray(lut.predict(archs)), measured),
+                                       "noise_floor_pct": floor}
     if calibrate:
         pred.fit_calibration(cal, cal_ms)
         result["metrics_raw"] = result["metrics"]
         predicted = np.asarray(pred.predict(archs))
         result["metrics"] = accuracy_metrics(predicted, measured)
         result["calibration"] = dict(pred.calibration_)
+    result["metrics"]["noise_floor_pct"] = floor
     report_dir = Path(report_dir) if report_dir else Path(out_dir) / device.name / "eval"
     report_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"key": [a.key for a in archs], "arch": [a.to_json() for a in archs],
@@ -192,7 +227,9 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
 
 
 def format_metrics(m: dict[str, float]) -> str:
-    """One human-readable line of metrics."""
+    """One human-readable line of metrics (with the campaign's noise floor when known)."""
+    floor = m.get("noise_floor_pct")
     return (f"n={m['n']}  RMSE {m['rmse_ms']:.3f} ms  MAPE {m['mape_pct']:.2f} %  "
             f"within ±5 % {m['within_5_pct']:.1f} %  ±10 % {m['within_10_pct']:.1f} %  "
-            f"Spearman {m['spearman']:.4f}  Kendall {m['kendall']:.4f}")
+            f"Spearman {m['spearman']:.4f}  Kendall {m['kendall']:.4f}"
+            + (f"  (noise floor: networks' median CI ±{floor:.2f} %)" if floor is not None else ""))

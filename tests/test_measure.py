@@ -57,61 +57,74 @@ def test_rerun_hits_cache_and_measures_nothing(fast_device, cache_dir, small_ops
     assert {p: p.stat().st_mtime_ns for p in libs} == mtimes
 
 
+def _visits(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
 def test_resume_after_kill_loses_nothing(tmp_path, cache_dir, small_ops):
-    # Slow timing so that the campaign is still running when it is killed.
-    dev = write_device(tmp_path, "slow-cpu", timing={**FAST_TIMING, "repeat": 20, "min_repeat_ms": 100})
+    """SIGKILL in round 3 of 4: the visits of rounds 1-2 are kept, a rerun takes only the missing ones."""
+    dev = write_device(tmp_path, "slow-cpu", timing={**FAST_TIMING, "repeat": 8, "min_repeat_ms": 40, "rounds": 4,
+                                                     "ci_target": 0.5, "max_visits": 8})
     out = tmp_path / "data"
     keys = [o.key for o in small_ops]
     args = ["measure", "--target", dev, "--out", out, "--cache", cache_dir]
     for k in keys:
         args += ["--op", k]
-    journal = table_path(out, "slow-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.journal.jsonl")
+    visits = table_path(out, "slow-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.visits.jsonl")
     proc = subprocess.Popen(latbench_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            if len(_visits(visits)) >= 2 * len(keys) + 1:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read().decode()
         os.killpg(proc.pid, signal.SIGKILL)  # no cleanup of any kind runs
         proc.wait(10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = [json.loads(line) for line in journal.read_text().splitlines() if line.endswith("}")]
-    assert 2 <= len(before) < len(keys)
+    before = _visits(visits)
+    assert 2 * len(keys) < len(before) < 4 * len(keys)
+    assert {v["key"] for v in before} == set(keys) and not table_path(out, "slow-cpu", DEFAULT).exists()
     done = subprocess.run(latbench_cmd(*args, "-v"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert f"{len(keys) - len(before)} to measure, {len(before)} already" in done.stderr
+    assert f"resuming: {len(before)} visits of {len(keys)} items" in done.stderr
     df = pd.read_parquet(table_path(out, "slow-cpu", DEFAULT))
-    assert sorted(df["key"]) == sorted(keys)  # every op once, none duplicated
-    kept = df.set_index("key")
-    for row in before:  # the rows taken before the kill are the ones in the table
-        assert kept.loc[row["key"], "timestamp"] == row["timestamp"]
+    assert sorted(df["key"]) == sorted(keys) and (df["status"] == "ok").all()  # every op once
+    assert not visits.exists()  # folded into the visits table
+    long = pd.read_parquet(visits.with_name(f"ops-{DEFAULT}.visits.parquet"))
+    for k in keys:  # the visits taken before the kill are the first visits of each item, unchanged
+        mine = long[long["key"] == k].sort_values("t")
+        pre = [v for v in before if v["key"] == k]
+        assert list(mine["t"][: len(pre)]) == [v["t"] for v in pre]
+        assert list(mine["round"]) == list(range(1, len(mine) + 1))
+        row = df.set_index("key").loc[k]
+        assert row["n_visits"] == len(mine) >= 4 and len(row["visits_ms"]) == len(mine)
+        assert list(row["visits_ms"]) == pytest.approx(list(mine["median_ms"]))
 
 
-def test_dead_rpc_server_mid_campaign_keeps_rows(tmp_path, cache_dir, small_ops):
+def test_dead_rpc_server_mid_campaign_keeps_visits(tmp_path, cache_dir, small_ops):
     server = LocalRPCServer(threads=1).start()
     try:
         dev = write_device(tmp_path, "direct-cpu", rpc={"mode": "direct", "host": "127.0.0.1",
                                                         "port": server.port, "connect_timeout": 5},
-                           timing={**FAST_TIMING, "repeat": 10, "min_repeat_ms": 50})
-        journal = table_path(tmp_path / "d", "direct-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.journal.jsonl")
+                           timing={**FAST_TIMING, "repeat": 10, "min_repeat_ms": 50, "rounds": 3})
+        visits = table_path(tmp_path / "d", "direct-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.visits.jsonl")
 
         def killer() -> None:
-            while not (journal.exists() and journal.read_text().count("\n") >= 1):
+            while len(_visits(visits)) < 2:
                 time.sleep(0.05)
             server.stop()
 
         t = threading.Thread(target=killer, daemon=True)
         t.start()
-        with pytest.raises(DeviceError, match="RPC|no TVM RPC server"):
+        with pytest.raises(DeviceError, match="RPC|no TVM RPC server|link"):
             measure_ops(small_ops, str(dev), tmp_path / "d", cache=cache_dir)
         t.join(10)
-        df = pd.read_parquet(table_path(tmp_path / "d", "direct-cpu", DEFAULT))
-        assert 1 <= (df["status"] == "ok").sum() < len(small_ops)
+        kept = _visits(visits)
+        assert len(kept) >= 2 and all(v["median_ms"] > 0 for v in kept)
     finally:
         server.stop()
 

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="DIR",
                    help="where the CSV/JSON/PNG go (default: OUT/<device>/eval)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-joint", dest="joint", action="store_false",
+                   help="do not time the space's ops in the same campaign as the networks (by default they are, "
+                        "so drift hits both alike, and a LUT fitted on them is scored too)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     pred = load_predictor(args.predictor)
     device = get_device(args.target)
     res = evaluate_predictor(pred, device, args.n, args.out, args.seed, args.backend, args.calibrate,
-                             args.report, name=Path(args.predictor).stem, progress=not args.json)
+                             args.report, name=Path(args.predictor).stem, progress=not args.json, joint=args.joint)
     if args.save_calibrated:
         res["saved"] = str(save_predictor(pred, args.save_calibrated))
     if args.json:
@@ -55,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
               f"{format_metrics(res['metrics'])}")
     else:
         print(format_metrics(res["metrics"]))
+    if "metrics_joint_lut" in res:
+        print(f"LUT of the ops timed in the same campaign: {format_metrics(res['metrics_joint_lut'])}")
     print(f"results: {res['table']}\nplot:    {res['plot']}")
     return 0

@@ -22,6 +22,24 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel compile workers (default: CPU count)")
 
 
+def add_rounds_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rounds", "how each latency is taken on a noisy machine (defaults: the device's "
+                             "timing section; see latbench.rounds)")
+    g.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds: every item is visited once per round in a fresh random order "
+                        "(default 5; 1 = one long pass per item, the old behaviour)")
+    g.add_argument("--ci-target", type=float, default=None,
+                   help="more visits while an item's 95%% CI half-width is above this fraction of it (default 0.02)")
+    g.add_argument("--max-visits", type=int, default=None, help="cap on visits per item (default 3 x rounds)")
+    g.add_argument("--no-reference", dest="reference", action="store_const", const=False, default=None,
+                   help="do not time the reference op between visits (no burst rejection)")
+
+
+def plan_args(args: argparse.Namespace) -> dict:
+    return {"rounds": args.rounds, "ci_target": args.ci_target, "max_visits": args.max_visits,
+            "reference": args.reference}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "measure", help="measure op latencies on a device",
@@ -39,22 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="measure only this op key (official format; repeatable) instead of the space")
     p.add_argument("--artifacts", default=None, metavar="DIR",
                    help="time a prebuilt artifact set (from `latbench compile --out DIR`) instead of building")
+    add_rounds_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from latbench.backends.base import get_backend
-    from latbench.campaign import Campaign, Job
+    from latbench.campaign import Campaign, Job, plan_of
     from latbench.devices import get_device
     from latbench.artifacts import ArtifactCache
     from latbench.space import Space
     from latbench.tables import ok_rows
 
     device = get_device(args.target)
+    plan = plan_of(device, **plan_args(args))  # bad values fail before anything is built
     if args.artifacts:
         from latbench.offline import measure_artifacts
 
-        df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose)
+        df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose, **plan_args(args))
     else:
         backend = get_backend(args.backend)
         space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
@@ -70,13 +90,19 @@ def run(args: argparse.Namespace) -> int:
             ops += sample_ops(args.sample, args.seed)
         jobs = [Job.op(o) for o in dict.fromkeys(ops)]
         campaign = Campaign(device, backend, Path(args.out), ArtifactCache(args.cache),
-                            workers=args.workers, progress=True)
+                            workers=args.workers, progress=True, plan=plan)
         try:
             df = campaign.run(jobs, args.limit)
         except KeyboardInterrupt:
-            print(f"latbench: interrupted; results so far are in {campaign.store('ops').path} — "
-                  "rerun the same command to resume", file=sys.stderr)
+            print(f"latbench: interrupted; finished rows are in {campaign.store('ops').path} and every visit "
+                  f"taken in {campaign.store('ops').visits_journal.name} — rerun the same command to resume",
+                  file=sys.stderr)
             return 130
+        if campaign.summary:
+            print(f"campaign: {campaign.summary_line()}", file=sys.stderr)
+    if df.empty or "status" not in df:
+        print(f"latbench: nothing was measured on {device.name}", file=sys.stderr)
+        return 1
     good = ok_rows(df)
     n_err = len(df) - len(good)
     print(f"{len(good)} ops measured on {device.name} ({n_err} errors) → {args.out}/{device.name}/")

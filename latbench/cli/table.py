@@ -5,7 +5,8 @@ import argparse
 
 import pandas as pd
 
-DEFAULT_COLUMNS = ["key", "device", "backend", "status", "median_ms", "std_ms", "min_ms", "num_threads"]
+DEFAULT_COLUMNS = ["key", "device", "backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "n_visits",
+                   "n_rejected", "std_ms", "min_ms", "num_threads"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,9 @@ def run_show(args: argparse.Namespace) -> int:
     from latbench.tables import read_table
 
     df = read_table(args.path)
+    unstable = df["unstable"].fillna(False).astype(bool) if "unstable" in df else None
+    if unstable is not None and unstable.any() and not args.csv:  # never shown as if it were stable
+        df = df.assign(key=["* " + k if u else k for k, u in zip(df["key"], unstable)])
     if args.columns:
         cols = [c.strip() for c in args.columns.split(",")]
         missing = [c for c in cols if c not in df.columns]
@@ -41,4 +45,7 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         with pd.option_context("display.max_rows", None, "display.max_colwidth", 90, "display.width", 200):
             print(df.to_string(index=False))
+        if unstable is not None and unstable.any():
+            print(f"* {int(unstable.sum())} unstable row(s): CI above the target after the visit cap, or every "
+                  "visit in a slow moment (columns unstable, unstable_reason)")
     return 0

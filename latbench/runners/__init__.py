@@ -1,31 +1,34 @@
-"""Runners: where and how artifacts are timed (a local RPC server, a remote one, a tracker pool,
-or a host process for backends that time themselves).
+"""Runners: where and how visits are timed — on one session at a time (a local, direct or tracker RPC
+server, a host backend's worker process, this process on TVM's runtime alone) or over a tracker pool.
 
-Every runner is a context manager with ``run(items, record, progress)``: ``items`` are
-``(key, Artifact)`` pairs, ``record(key, result)`` is called once per item as soon as its result
-(statistics or an error) is known. Runners never time two things at once on one device server.
+:func:`make_runner` picks one from the device's RPC mode and what the job source says it needs
+(``rpc`` | ``host`` | ``runtime-only``); every runner implements :class:`latbench.runners.base.Runner`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from latbench.artifacts import Artifact
 from latbench.devices import Device
+from latbench.runners.base import Runner
+from latbench.runners.pool import PoolRunner
+from latbench.runners.session import RPCConnector, SerialRunner
+
+RunnerKind = Literal["rpc", "host", "runtime-only"]
 
 
-def make_runner(device: Device, backend: Any) -> Any:
-    """The runner for a device (by its RPC mode) and backend (by its kind)."""
-    if backend.kind == "host":
-        from latbench.runners.host import HostRunner
+def make_runner(device: Device, kind: RunnerKind | str, reference: Artifact | None, visit_repeat: int,
+                backend: Any = None) -> Runner:
+    """The runner for a device and a kind of artifacts."""
+    if kind == "host":
+        from latbench.runners.host import HostSession  # imports the backends registry lazily in its worker
 
-        return HostRunner(device, backend)
+        return SerialRunner(device, lambda: HostSession(device, backend), visit_repeat, reference)
+    if kind == "runtime-only":
+        from latbench.runners.runtime_only import RuntimeOnlySession  # loads TVM's runtime libraries
+
+        return SerialRunner(device, lambda: RuntimeOnlySession(cuda=device.is_cuda), visit_repeat, reference)
     if device.rpc.mode == "tracker":
-        try:
-            from latbench.runners.pool import PoolRunner
-        except ModuleNotFoundError:  # the pool is optional; one session through the tracker works too
-            from latbench.runners.session import SessionRunner
-
-            return SessionRunner(device)
-        return PoolRunner(device)
-    from latbench.runners.session import SessionRunner
-
-    return SessionRunner(device)
+        return PoolRunner(device, visit_repeat, reference)
+    connector = RPCConnector(device)
+    return SerialRunner(device, connector, visit_repeat, reference, close_hook=connector.close)

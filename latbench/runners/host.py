@@ -1,8 +1,10 @@
-"""Time host backends (torch, onnxruntime) in a worker process of their own.
+"""Host backends (torch, onnxruntime) timed in a worker process of their own.
 
-The parent (:class:`HostRunner`) sends one JSON job per line to ``python -m latbench.runners.host``
-and reads one JSON result per line, with the device's per-op timeout; a worker that hangs or dies
-is killed and restarted for the remaining ops.
+:class:`HostSession` (a :class:`latbench.runners.base.Session`) sends one JSON request per line to
+``python -m latbench.runners.host`` and reads one JSON reply per line, each with the device's
+per-op timeout: ``load`` builds the backend's callable for an artifact and checks its output,
+``time`` times a loaded one, ``conditions`` reads this machine's. A worker that hangs or dies is
+killed; the runner then opens a new session (a new worker) for the visits left.
 """
 from __future__ import annotations
 
@@ -12,103 +14,101 @@ import queue
 import subprocess
 import sys
 import threading
-import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
+from latbench import conditions, timing
 from latbench.artifacts import Artifact
-from latbench.devices import Device, Timing
+from latbench.devices import Device
 from latbench.errors import LatbenchError
-from latbench.runners.rpc import kill_group, summarize
-
-Record = Callable[[str, dict[str, Any]], None]
-
-
-def time_callable(fn: Callable[[], Any], timing: Timing) -> dict[str, Any]:
-    """TVM time-evaluator semantics: warm-up, then ``repeat`` repeats of ``number`` runs, ``number``
-    raised until one repeat lasts ``min_repeat_ms``; statistics over per-run times."""
-    for _ in range(timing.warmup):
-        fn()
-    number = max(1, timing.number)
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt * 1e3 >= timing.min_repeat_ms or number >= 1 << 20:
-            break
-        number = max(number * 2, int(number * timing.min_repeat_ms / max(dt * 1e3, 1e-3) * 1.1))
-    samples = []
-    for _ in range(timing.repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) / number)
-        if timing.cooldown_ms:
-            time.sleep(timing.cooldown_ms / 1e3)
-    return {**summarize(np.array(samples)), "number": number}
+from latbench.jobs import Job
+from latbench.runners.rpc import RPCLinkError, RPCTimeout, first_line, kill_group
 
 
 def _worker() -> None:
-    """Worker loop (runs in its own process): read jobs from stdin, write results to stdout."""
-    import warnings
-
+    """Worker loop (its own process): read requests from stdin, write replies to stdout."""
     warnings.filterwarnings("ignore")
-    from latbench.backends.base import get_backend
-    from latbench.campaign import Job
-    from latbench.runners.rpc import first_line
-    from latbench.runners.session import check_output
+    from latbench.backends.base import get_backend  # registers the backends: imports torch
 
     out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but results on the protocol stream
+    sys.stdout = sys.stderr  # nothing but replies on the protocol stream
+    fns: dict[str, Callable[[], Any]] = {}
     for line in sys.stdin:
         msg = json.loads(line)
         try:
-            backend = get_backend(msg["backend"])
-            job = Job(msg["key"], msg["what"], msg.get("arch"))
-            module, x = job.module_and_input()
-            art = Artifact(Path(msg["root"]))
-            fn = backend.make_callable(module, x, art.root, msg["threads"])
-            expected = np.load(art.expected)
-            y = fn()
-            err = float(np.max(np.abs(np.asarray(y, dtype=np.float64) - expected)))
-            res = time_callable(fn, Timing(**msg["timing"]))
-            ok, tol = check_output(expected, err)
-            res.update(max_abs_err=err, tolerance=tol, server=f"local process {os.getpid()}")
-            if not ok:
-                res.update(status="error", stage="check",
-                           error=f"output differs from PyTorch: max abs err {err:.3g} > {tol:.3g}")
+            if msg["op"] == "load":
+                backend = get_backend(msg["backend"])
+                job = Job(msg["key"], msg["what"], msg.get("arch"))
+                module, x = job.module_and_input()
+                art = Artifact(Path(msg["root"]))
+                fn = backend.make_callable(module, x, art.root, msg["threads"])
+                expected = np.load(art.expected)
+                res = timing.check_fields(expected, timing.output_error(np.asarray(fn()), expected))
+                fns[msg["key"]] = fn
+                res["number"] = timing.calibrate(fn, timing.no_sync, msg["min_repeat_ms"])
+            elif msg["op"] == "time":
+                res = {"samples": timing.time_runs(fns[msg["key"]], timing.no_sync, msg["warmup"], msg["number"],
+                                                   msg["repeat"], msg["cooldown_ms"])}
+            else:
+                res = {"conditions": conditions.read()}
         except Exception as exc:
             res = {"status": "error", "stage": "run", "error": f"{exc.__class__.__name__}: {first_line(exc)}"}
-        out.write(json.dumps({"key": msg["key"], "result": res}) + "\n")
+        out.write(json.dumps(res) + "\n")
         out.flush()
 
 
-class HostRunner:
-    """Runs host backends for a local device, one op at a time, in a worker process."""
+class HostSession:
+    """One worker process timing one host backend's callables on this machine."""
 
     def __init__(self, device: Device, backend: Any) -> None:
         if device.rpc.mode != "local":
             raise LatbenchError(f"backend {backend.name!r} times on this machine only; use --target local-cpu "
                                 f"(device {device.name!r} is remote)")
         self.device, self.backend = device, backend
-        self.proc: subprocess.Popen | None = None
         self.lines: queue.Queue = queue.Queue()
-
-    def _start(self) -> None:
         env = dict(os.environ)
-        t = str(self.device.threads)
+        t = str(device.threads)
         env.update(OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, TVM_NUM_THREADS=t)
-        self.proc = subprocess.Popen([sys.executable, "-m", "latbench.runners.host"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                                     start_new_session=True)
-        self.lines = queue.Queue()
+        self.proc: subprocess.Popen | None = subprocess.Popen(
+            [sys.executable, "-m", "latbench.runners.host"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+        self.address = f"local process {self.proc.pid}"
         proc, q = self.proc, self.lines
         threading.Thread(target=lambda: [q.put(ln) for ln in proc.stdout] + [q.put(None)], daemon=True).start()
 
-    def _stop(self) -> None:
+    def _ask(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RPCLinkError("the timing process died")
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        try:
+            line = self.lines.get(timeout=self.device.timing.op_timeout)
+        except queue.Empty:
+            raise RPCTimeout(f"{msg['op']} did not finish within {self.device.timing.op_timeout:g} s") from None
+        if line is None:
+            raise RPCLinkError("the timing process died")
+        return json.loads(line)
+
+    def load(self, key: str, art: Artifact, min_repeat_ms: float) -> dict[str, Any]:
+        meta = art.meta()
+        return self._ask({"op": "load", "key": key, "what": meta["what"], "arch": meta.get("arch"),
+                          "root": str(art.root), "backend": self.backend.name, "threads": self.device.threads,
+                          "min_repeat_ms": min_repeat_ms})
+
+    def time(self, key: str, warmup: int, number: int, repeat: int, cooldown_ms: float) -> list[float]:
+        res = self._ask({"op": "time", "key": key, "warmup": warmup, "number": number, "repeat": repeat,
+                         "cooldown_ms": cooldown_ms})
+        if "samples" not in res:
+            raise RuntimeError(res.get("error", "timing failed"))
+        return res["samples"]
+
+    def conditions(self) -> dict[str, Any]:
+        return self._ask({"op": "conditions"}).get("conditions", {})
+
+    def close(self) -> None:
         if self.proc is not None:
             try:
                 self.proc.stdin.close()
@@ -116,43 +116,6 @@ class HostRunner:
                 pass
             kill_group(self.proc, grace=2.0)
             self.proc = None
-
-    def __enter__(self) -> "HostRunner":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop()
-
-    def run(self, items: Sequence[tuple[str, Artifact]], record: Record, progress: bool = True) -> None:
-        from latbench.progress import bar
-
-        timing = self.device.timing
-        tdict = {k: getattr(timing, k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cooldown_ms",
-                                                 "op_timeout")}
-        with bar(total=len(items), desc=f"measure {self.backend.name}", enabled=progress) as pbar:
-            for key, art in items:
-                meta = art.meta()
-                if self.proc is None or self.proc.poll() is not None:
-                    self._start()
-                msg = {"key": key, "what": meta["what"], "arch": meta.get("arch"), "root": str(art.root),
-                       "backend": self.backend.name, "threads": self.device.threads, "timing": tdict}
-                self.proc.stdin.write(json.dumps(msg) + "\n")
-                self.proc.stdin.flush()
-                try:
-                    line = self.lines.get(timeout=timing.op_timeout)
-                except queue.Empty:
-                    line = None
-                    self._stop()
-                    record(key, {"status": "error", "stage": "run",
-                                 "error": f"timed out after {timing.op_timeout:g} s"})
-                    pbar.update(1)
-                    continue
-                if line is None:
-                    self._stop()
-                    record(key, {"status": "error", "stage": "run", "error": "the timing process died"})
-                else:
-                    record(key, json.loads(line)["result"])
-                pbar.update(1)
 
 
 if __name__ == "__main__":

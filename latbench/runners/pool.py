@@ -17,19 +17,17 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from latbench.artifacts import Artifact
 from latbench.devices import Device
 from latbench.errors import DeviceError
-from latbench.runners.rpc import RPCTimeout, call_with_timeout, first_line, is_link_error, port_is_open
-from latbench.runners.session import SessionRunner
+from latbench.runners.base import OnResult, Prober, Visit
+from latbench.runners.rpc import RPCSession, RPCTimeout, call_with_timeout, first_line, is_link_error, port_is_open
 from latbench.runners.tracker import (CODE_SUCCESS, RPC_TRACKER_MAGIC, _recvall, _recvjson, _sendjson,
                                       servers_of, tracker_summary)
 
 log = logging.getLogger(__name__)
-
-Record = Callable[[str, dict[str, Any]], None]
 
 #: Tracker request code (tvm/rpc/base.py TrackerCode.REQUEST).
 CODE_REQUEST = 4
@@ -69,8 +67,7 @@ def request_server(host: str, port: int, key: str, timeout: float) -> tuple[str,
 
 @dataclass
 class _Item:
-    key: str
-    art: Artifact
+    visit: Visit
     timeouts: int = 0
     losses: int = 0
     last_error: str = ""
@@ -79,11 +76,13 @@ class _Item:
 class PoolRunner:
     """Time artifacts over all servers of the device's tracker key (same interface as SessionRunner)."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, visit_repeat: int | None = None, reference: Artifact | None = None) -> None:
         if device.rpc.mode != "tracker" or not device.rpc.key:
             raise DeviceError(f"device {device.name!r}: the pool needs rpc mode 'tracker' and an rpc.key")
         self.device = device
         self.rpc = device.rpc
+        self.visit_repeat = visit_repeat or device.timing.repeat
+        self.reference = reference
         self._lock = threading.Lock()
         self._queue: "queue.Queue[_Item]" = queue.Queue()
         self._stop = threading.Event()
@@ -100,10 +99,13 @@ class PoolRunner:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
+        self.close()
 
     def close(self) -> None:
+        """Stop the workers (they hold sessions across rounds, so each server loads an item once)."""
         self._stop.set()
+        for t in list(self._workers.values()):
+            t.join(timeout=2.0)
 
     def _check_tracker(self) -> list[str]:
         """The servers registered under the key; a one-line DeviceError if none (or no tracker)."""
@@ -126,27 +128,23 @@ class PoolRunner:
         return servers
 
     # -- the run --------------------------------------------------------------------------------
-    def run(self, items: Sequence[tuple[str, Artifact]], record: Record, progress: bool = True) -> None:
-        """Time every item exactly once (a row each) over the pool; see the module docstring."""
-        from latbench.progress import bar
-
-        if not items:
+    def run(self, visits: Sequence[Visit], on_result: OnResult) -> None:
+        """Take every visit exactly once (a result each) over the pool; see the module docstring."""
+        if not visits:
             return
-        self._pending = len(items)
-        for key, art in items:
-            self._queue.put(_Item(key, art))
+        self._pending = len(visits)
+        for v in visits:
+            self._queue.put(_Item(v))
         errors: list[BaseException] = []
-        pbar = bar(total=len(items), desc=f"measure {self.device.name} (pool)", enabled=progress)
 
         def done(item: _Item, result: dict[str, Any]) -> None:
             with self._lock:
                 try:
-                    record(item.key, result)
+                    on_result(item.visit, result)
                 except BaseException as exc:  # e.g. disk full: stop the campaign, keep what is recorded
                     errors.append(exc)
                     self._stop.set()
                 self._pending -= 1
-                pbar.update(1)
                 if self._pending == 0:
                     self._wake.set()
 
@@ -177,10 +175,11 @@ class PoolRunner:
                 self._wake.wait(POLL_S)
                 self._wake.clear()
                 time.sleep(0.05)  # bounds the respawn rate when servers fail at once
-        finally:
-            self._stop.set()
-            pbar.close()
+        except BaseException:
+            self._stop.set()  # Ctrl-C or no server left: workers end after their visit in flight
+            raise
         if errors:
+            self._stop.set()
             raise errors[0]
 
     def _spawn(self) -> None:
@@ -191,19 +190,18 @@ class PoolRunner:
         t.start()
 
     # -- one worker: one session with one server --------------------------------------------------
-    def _connect(self) -> SessionRunner:
-        import tvm.rpc
+    def _connect(self) -> Prober:
+        import tvm.rpc  # deferred: importing TVM costs seconds
 
         r = self.rpc
         host, port, matchkey = request_server(r.host, r.port, r.key, r.connect_timeout)
         sess = call_with_timeout(
             lambda: tvm.rpc.connect(host, port, key=matchkey, session_timeout=int(r.session_timeout)),
             r.connect_timeout, f"connecting to {host}:{port}")
-        runner = SessionRunner(self.device)
-        runner.session, runner.address = sess, f"{host}:{port}"
         with self._lock:
             self.stats["sessions"] += 1
-        return runner
+        return Prober(RPCSession(sess, f"{host}:{port}", self.device.is_cuda, self.device.timing.op_timeout),
+                      self.device.timing, self.visit_repeat, self.reference)
 
     def _worker(self, wid: int) -> None:
         try:
@@ -212,7 +210,7 @@ class PoolRunner:
             self._wake.set()  # a retiring worker: let the supervisor look for servers at once
 
     def _work(self, wid: int) -> None:
-        runner: SessionRunner | None = None
+        runner: Prober | None = None
         try:
             while not self._stop.is_set():
                 if runner is None:  # a session first, so that no op waits on a busy tracker
@@ -221,7 +219,7 @@ class PoolRunner:
                     except Exception as exc:  # no free server / server gone: retire
                         log.info("pool worker %d: no session (%s)", wid, first_line(exc))
                         return
-                    log.info("pool worker %d: session with %s", wid, runner.address)
+                    log.info("pool worker %d: session with %s", wid, runner.session.address)
                 try:
                     item = self._queue.get(timeout=0.2)
                 except queue.Empty:
@@ -233,39 +231,38 @@ class PoolRunner:
                     return  # its server is gone or hung: retire; the supervisor adds workers as needed
         finally:
             if runner is not None:
-                runner.session = None
+                runner.session.close()
 
-    def _time(self, item: _Item, runner: SessionRunner) -> bool:
-        """Time one item on the worker's server. False if the worker must drop its session."""
+    def _time(self, item: _Item, prober: Prober) -> bool:
+        """Take one visit on the worker's server. False if the worker must drop its session."""
         t = self.device.timing
+        address = prober.session.address
         try:
-            res = runner.time_one(item.art)
+            res = prober.visit(item.visit)
         except RPCTimeout:
             item.timeouts += 1
-            item.last_error = f"timed out after {t.op_timeout:g} s on {runner.address}"
-            log.warning("%s: %s", item.key, item.last_error)
+            item.last_error = f"timed out after {t.op_timeout:g} s on {address}"
+            log.warning("%s: %s", item.visit.key, item.last_error)
             if item.timeouts >= MAX_TIMEOUTS:
                 self._done(item, {"status": "error", "error": f"timed out after {t.op_timeout:g} s on "
-                                  f"{item.timeouts} servers", "stage": "run", "server": runner.address})
+                                  f"{item.timeouts} servers", "stage": "run", "server": address})
             else:
                 self._requeue(item)
             return False
         except Exception as exc:
             if not is_link_error(exc):
-                self._done(item, {"status": "error", "error": f"run failed: {first_line(exc)}", "stage": "run",
-                                  "server": runner.address})
-                return True
+                raise
             item.losses += 1
-            item.last_error = f"lost {runner.address}: {first_line(exc)}"
-            log.warning("%s: %s", item.key, item.last_error)
+            item.last_error = f"lost {address}: {first_line(exc)}"
+            log.warning("%s: %s", item.visit.key, item.last_error)
             if item.losses >= MAX_LINK_LOSSES:
                 self._done(item, {"status": "error", "error": f"lost the server {item.losses} times while timing "
-                                  f"it (last: {item.last_error})", "stage": "run", "server": runner.address})
+                                  f"it (last: {item.last_error})", "stage": "run", "server": address})
             else:
                 self._requeue(item)
             return False
         with self._lock:
-            self.servers_used.add(runner.address)
+            self.servers_used.add(address)
         self._done(item, res)
         return True
 

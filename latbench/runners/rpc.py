@@ -8,6 +8,8 @@ child, and killing the group is the only way to stop all three.
 from __future__ import annotations
 
 import itertools
+import math
+import json
 import logging
 import os
 import signal
@@ -23,8 +25,10 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from latbench.conditions import RPC_FUNCTION
 from latbench.devices import Device, Timing
 from latbench.errors import DeviceError
+from latbench.timing import check_fields, number_for, output_error, summarize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -299,45 +303,102 @@ def first_line(exc: BaseException) -> str:
 def is_link_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the RPC connection is gone (vs. an error in the op itself)."""
     text = str(exc)
-    return isinstance(exc, (RPCTimeout, ConnectionError, BrokenPipeError)) or any(
+    return isinstance(exc, (RPCTimeout, RPCLinkError, ConnectionError, BrokenPipeError)) or any(
         s in text for s in ("kShutdown", "Broken pipe", "SockChannel", "Connection reset", "RPCSession",
                             "Socket", "code == RPCCode::kReturn")
     )
 
 
-def summarize(samples_s: np.ndarray) -> dict[str, float]:
-    """Statistics in ms of per-run times given in seconds."""
-    ms = np.asarray(samples_s, dtype=float) * 1e3
-    mean = float(ms.mean())
-    return {"mean_ms": mean, "median_ms": float(np.median(ms)), "std_ms": float(ms.std()),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "cv": float(ms.std() / mean) if mean else 0.0}
+class RPCSession:
+    """A :class:`latbench.runners.base.Session` over a TVM RPC session: each item is uploaded and
+    loaded into a Relax VM once; every remote call has the device's per-op timeout."""
+
+    def __init__(self, remote: Any, address: str, is_cuda: bool = False, timeout: float = 120.0) -> None:
+        self.remote, self.address, self.is_cuda, self.timeout = remote, address, is_cuda, timeout
+        self.items: dict[str, tuple[Any, Any, Any]] = {}
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        return call_with_timeout(fn, self.timeout, f"{what} on {self.address}")
+
+    def load(self, key: str, art: Path | Any, min_repeat_ms: float) -> dict[str, Any]:
+        lib = Path(getattr(art, "lib", art))
+        root = lib.parent
+        x, expected = np.load(root / "input.npy"), np.load(root / "expected.npy")
+        try:
+            vm, dev, xt, y = self._call(lambda: self._upload(lib, x), "loading " + key)
+        except Exception as exc:
+            if is_link_error(exc):
+                raise
+            return {"status": "error", "stage": "run", "error": f"run failed: {first_line(exc)}"}
+        self.items[key] = (vm, dev, xt)
+        out = check_fields(expected, output_error(y, expected))
+        if out.get("status") == "error":
+            return out
+        # One short evaluator call calibrates `number` (TVM raises it until a repeat lasts min_repeat_ms).
+        per_run = self._call(lambda: vm.time_evaluator("main", dev, number=1, repeat=1,
+                                                       min_repeat_ms=int(math.ceil(min_repeat_ms)))(xt).mean,
+                             "calibrating " + key)
+        out["number"] = number_for(float(per_run), min_repeat_ms)
+        return out
+
+    def _upload(self, lib: Path, x: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
+        import tvm
+        from tvm import relax
+
+        # A fresh name per upload: overwriting a library the server has loaded crashes it.
+        name = f"lb_{lib.parent.name}_{next(_UPLOADS)}.so"
+        self.remote.upload(str(lib), name)
+        rlib = self.remote.load_module(name)
+        dev = self.remote.cuda(0) if self.is_cuda else self.remote.cpu(0)
+        vm = relax.VirtualMachine(rlib, dev)
+        xt = tvm.runtime.tensor(x, dev)
+        return vm, dev, xt, vm["main"](xt).numpy()
+
+    def time(self, key: str, warmup: int, number: int, repeat: int, cooldown_ms: float) -> list[float]:
+        vm, dev, xt = self.items[key]
+
+        def run() -> list[float]:
+            if warmup:
+                vm.time_evaluator("main", dev, number=warmup, repeat=1)(xt)
+            res = vm.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=0,
+                                    cooldown_interval_ms=int(cooldown_ms))(xt)
+            return [float(r) for r in res.results]
+
+        return self._call(run, "timing " + key)
+
+    def conditions(self) -> dict[str, Any]:
+        """From the server's ``latbench.conditions`` function (latbench's servers have it; stock ones do not)."""
+        def read() -> Any:
+            try:
+                fn = self.remote.get_function(RPC_FUNCTION)
+            except Exception as exc:
+                if is_link_error(exc) and "not found" not in str(exc).lower():
+                    raise
+                return "{}"
+            return fn()
+
+        return parse_conditions(self._call(read, "reading conditions"))
+
+    def close(self) -> None:
+        self.items.clear()
+        self.remote = None
+
+
+def parse_conditions(text: Any) -> dict[str, Any]:
+    """A conditions record from its JSON (``{}`` for anything else)."""
+    try:
+        d = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def time_library(remote: Any, lib_path: Path, x: np.ndarray, timing: Timing, is_cuda: bool = False,
                  expected: np.ndarray | None = None) -> dict[str, Any]:
-    """Upload a compiled Relax library, run it once to check its output, and time it.
-
-    Blocking; wrap in :func:`call_with_timeout`. Returns the statistics plus ``max_abs_err``.
-    """
-    import tvm
-    from tvm import relax
-
-    # A fresh name per upload: overwriting a library the server has loaded crashes it.
-    name = f"lb_{lib_path.parent.name}_{next(_UPLOADS)}.so"
-    remote.upload(str(lib_path), name)
-    rlib = remote.load_module(name)
-    dev = remote.cuda(0) if is_cuda else remote.cpu(0)
-    vm = relax.VirtualMachine(rlib, dev)
-    xt = tvm.runtime.tensor(x, dev)
-    out = {}
-    if expected is not None:
-        y = vm["main"](xt).numpy()
-        out["max_abs_err"] = float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape else float("inf")
-    if timing.warmup:
-        vm.time_evaluator("main", dev, number=timing.warmup, repeat=1)(xt)
-    res = vm.time_evaluator("main", dev, number=timing.number, repeat=timing.repeat,
-                            min_repeat_ms=timing.min_repeat_ms,
-                            cooldown_interval_ms=timing.cooldown_ms)(xt)
-    out.update(summarize(np.array(res.results)))
-    out["number"] = timing.number
-    return out
+    """Upload a compiled library, check it and time it in one window (``repeat`` repeats); statistics in ms."""
+    sess = RPCSession(remote, "rpc", is_cuda, timing.op_timeout)
+    info = sess.load("lib", Path(lib_path), timing.min_repeat_ms)
+    if info.get("status") == "error":
+        return info
+    samples = sess.time("lib", timing.warmup, info["number"], timing.repeat, timing.cooldown_ms)
+    return {**summarize(samples), "number": info["number"], "max_abs_err": info["max_abs_err"]}

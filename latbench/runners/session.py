@@ -1,129 +1,115 @@
-"""Time artifacts one after another through one RPC session (local server, direct, or via a tracker)."""
+"""Visits one after another on one session: an RPC server (local, direct, or one from a tracker), a
+host worker process, or this process (runtime-only). The session is opened by a factory, so a lost
+link is reopened (and a hung op recorded) the same way whatever the transport."""
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from latbench.artifacts import Artifact
 from latbench.devices import Device
 from latbench.errors import DeviceError
-from latbench.runners.rpc import (LocalRPCServer, RPCTimeout, call_with_timeout, connect_direct,
-                                  connect_tracker_session, first_line, is_link_error, time_library)
+from latbench.runners.base import OnResult, Prober, Session, Visit
+from latbench.runners.rpc import (LocalRPCServer, RPCSession, RPCTimeout, connect_direct, connect_tracker_session,
+                                  first_line, is_link_error)
 
 log = logging.getLogger(__name__)
 
-Record = Callable[[str, dict[str, Any]], None]
 
+class SerialRunner:
+    """Takes the visits of a round in order on one session (reopened when its link is lost)."""
 
-def check_output(expected: np.ndarray, max_abs_err: float) -> tuple[bool, float]:
-    """Whether an output error is within tolerance (relative to the output's magnitude)."""
-    from latbench.campaign import RTOL
-
-    tol = RTOL * (1.0 + float(np.max(np.abs(expected))))
-    return bool(max_abs_err <= tol), tol
-
-
-class SessionRunner:
-    """One session with one device server; ``local`` mode starts (and restarts) the server itself."""
-
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, open_session: Callable[[], Session], visit_repeat: int,
+                 reference: Artifact | None, close_hook: Callable[[], None] | None = None) -> None:
         self.device = device
-        self.server: LocalRPCServer | None = None
-        self.session: Any = None
-        self.address = ""
+        self.open_session = open_session
+        self.visit_repeat = visit_repeat
+        self.reference = reference
+        self.close_hook = close_hook
+        self.prober: Prober | None = None
 
-    # -- connection ---------------------------------------------------------------------------
-    def connect(self) -> None:
-        d, rpc = self.device, self.device.rpc
-        if rpc.mode == "local":
-            if self.server is None or not self.server.alive():
-                if self.server is not None:
-                    self.server.stop()
-                self.server = LocalRPCServer(host=rpc.host, port=rpc.port, threads=d.threads,
-                                             start_timeout=max(60.0, rpc.connect_timeout))
-                self.server.start()
-            self.address = self.server.address
-            self.session = connect_direct(rpc.host, self.server.port, rpc.session_timeout, rpc.connect_timeout)
-        elif rpc.mode == "direct":
-            from latbench.runners.emulated import start_if_emulated
-
-            start_if_emulated(d)  # an emulated board (qemu) is started on demand
-            self.address = rpc.address
-            self.session = connect_direct(rpc.host, rpc.port, rpc.session_timeout, rpc.connect_timeout)
-        else:
-            self.session = connect_tracker_session(rpc.host, rpc.port, rpc.key, rpc.session_timeout,
-                                                   rpc.connect_timeout)
-            self.address = f"tracker {rpc.address} key {rpc.key}"
-
-    def reset(self) -> None:
-        """Drop the session (and a local server, whose state is unknown after a timeout)."""
-        self.session = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def close(self) -> None:
-        self.reset()
-
-    def __enter__(self) -> "SessionRunner":
-        self.connect()
+    def __enter__(self) -> "SerialRunner":
+        self._connect()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.reset()
+        if self.close_hook:
+            self.close_hook()
 
-    # -- timing -------------------------------------------------------------------------------
-    def time_one(self, art: Artifact) -> dict[str, Any]:
-        """Time one artifact; raises on link errors, returns an error row for op errors."""
-        x = np.load(art.input)
-        expected = np.load(art.expected)
-        t = self.device.timing
-        try:
-            res = call_with_timeout(
-                lambda: time_library(self.session, art.lib, x, t, self.device.is_cuda, expected),
-                t.op_timeout, f"timing on {self.address}")
-        except Exception as exc:
-            if is_link_error(exc):  # includes RPCTimeout: the caller drops the session
-                raise
-            return {"status": "error", "error": f"run failed: {first_line(exc)}", "stage": "run",
-                    "server": self.address}
-        ok, tol = check_output(expected, res.get("max_abs_err", 0.0))
-        res.update(server=self.address, tolerance=tol)
-        if not ok:
-            res.update(status="error", stage="check",
-                       error=f"output differs from PyTorch: max abs err {res['max_abs_err']:.3g} > {tol:.3g}")
-        return res
+    def _connect(self) -> Prober:
+        if self.prober is None:
+            self.prober = Prober(self.open_session(), self.device.timing, self.visit_repeat, self.reference)
+        return self.prober
 
-    def run(self, items: Sequence[tuple[str, Artifact]], record: Record, progress: bool = True) -> None:
-        from latbench.progress import bar
-
-        with bar(total=len(items), desc=f"measure {self.device.name}", enabled=progress) as pbar:
-            for key, art in items:
-                record(key, self._time_with_retry(key, art))
-                pbar.update(1)
-
-    def _time_with_retry(self, key: str, art: Artifact) -> dict[str, Any]:
-        for attempt in (1, 2):
-            if self.session is None:
-                self.connect()
+    def reset(self) -> None:
+        if self.prober is not None:
             try:
-                return self.time_one(art)
+                self.prober.session.close()
+            except Exception:  # the session is being dropped because it is broken
+                pass
+            self.prober = None
+
+    @property
+    def address(self) -> str:
+        return self.prober.session.address if self.prober else self.device.name
+
+    def run(self, visits: Sequence[Visit], on_result: OnResult) -> None:
+        for v in visits:
+            on_result(v, self._visit(v))
+
+    def _visit(self, v: Visit) -> dict[str, Any]:
+        for attempt in (1, 2):
+            try:
+                return self._connect().visit(v)
             except RPCTimeout as exc:
-                # The op hung: drop the session, record it, go on with the next op.
-                log.warning("%s: %s", key, exc)
+                # The op hung: drop the session (a local server is restarted), record it, go on.
+                log.warning("%s: %s", v.key, exc)
+                address = self.address
                 self.reset()
                 return {"status": "error", "error": f"timed out after {self.device.timing.op_timeout:g} s",
-                        "stage": "run", "server": self.address}
+                        "stage": "run", "server": address}
             except Exception as exc:
                 if not is_link_error(exc):
                     raise
-                log.warning("RPC link to %s lost while timing %s: %s", self.address, key, first_line(exc))
+                log.warning("link to %s lost while timing %s: %s", self.address, v.key, first_line(exc))
                 self.reset()
                 if attempt == 2:
                     break
         raise DeviceError(
-            f"lost the RPC link to {self.device.name} ({self.address}) twice while timing {key}; "
-            "check the device's RPC server and rerun the same command to resume"
-        )
+            f"lost the link to {self.device.name} ({self.address}) twice while timing {v.key}; "
+            "check the device's server and rerun the same command to resume")
+
+
+class RPCConnector:
+    """Opens RPC sessions for a device; in ``local`` mode it starts (and restarts) the server itself."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.server: LocalRPCServer | None = None
+
+    def __call__(self) -> RPCSession:
+        d, rpc = self.device, self.device.rpc
+        if rpc.mode == "local":
+            if self.server is not None:  # a new session after a timeout: the old server's state is unknown
+                self.server.stop()
+            self.server = LocalRPCServer(host=rpc.host, port=rpc.port, threads=d.threads,
+                                         start_timeout=max(60.0, rpc.connect_timeout)).start()
+            remote = connect_direct(rpc.host, self.server.port, rpc.session_timeout, rpc.connect_timeout)
+            address = self.server.address
+        elif rpc.mode == "direct":
+            from latbench.runners.emulated import start_if_emulated  # emulated.py imports ssh (paramiko)
+
+            start_if_emulated(d)  # an emulated board (qemu) is started on demand
+            remote = connect_direct(rpc.host, rpc.port, rpc.session_timeout, rpc.connect_timeout)
+            address = rpc.address
+        else:
+            remote = connect_tracker_session(rpc.host, rpc.port, rpc.key or "", rpc.session_timeout,
+                                             rpc.connect_timeout)
+            address = f"tracker {rpc.address} key {rpc.key}"
+        return RPCSession(remote, address, d.is_cuda, d.timing.op_timeout)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
