@@ -1,4 +1,4 @@
-"""Shared machinery of latency predictors: fitting data, deployment space, per-layer matrix, calibration.
+"""The base of latency predictors: per-layer matrix of a space, prediction of architectures, calibration.
 
 A predictor estimates the latency (ms) of one op; an architecture's latency is the sum over its ops
 (ProxylessNAS' method), optionally calibrated as ``scale * sum + offset`` from a few measured whole
@@ -27,17 +27,13 @@ from latbench.ops import OpSpec
 from latbench.space import FIRST_BLOCK_CANDIDATES, MBCONV_CANDIDATES, ZERO, Arch, Space, infer_space, space_to_dict
 from predictors.calibration import fit_calibration_line
 from predictors.data import OpData, check_latency, op_data
-from predictors.io import register_predictor, save_predictor
+from predictors.io import save_predictor
 
 log = logging.getLogger(__name__)
 
 #: Every candidate name of the space gets a fixed column in the per-space matrix.
 CANDIDATE_NAMES: tuple[str, ...] = FIRST_BLOCK_CANDIDATES + MBCONV_CANDIDATES + (ZERO,)
 _CAND_COL: dict[str, int] = {name: i for i, name in enumerate(CANDIDATE_NAMES)}
-
-__all__ = ["BasePredictor", "CANDIDATE_NAMES", "MissingOpError", "NotFittedError", "OpData", "check_latency",
-           "register_predictor"]
-
 
 class NotFittedError(LatbenchError, ValueError):
     """A predictor used before ``fit``."""
