@@ -15,30 +15,31 @@ learns, from k measured target architectures,
 the mapped proxy, mapped proxy + residual, and xgboost trained from scratch on the same k samples.
 
 Features: NAS-Bench-201 cells (``arch_str``) give op counts per type, counts of ops on live paths
-and per-edge one-hot (:func:`nb201_features`); our ProxylessNAS :class:`~latbench.space.Arch` give
+and per-edge one-hot (:func:`latbench.nasbench201.nb201_features`); our ProxylessNAS :class:`~latbench.space.Arch` give
 summed op features plus per-layer kernel/expand (:func:`arch_features`).
 
 Files: :func:`save_adapter` writes plain data (dicts, lists, floats, str, the xgboost model as raw
-UBJSON bytes) with pickle; :func:`load_adapter` reads it with an unpickler that refuses every
-class, so loading a file cannot execute code. (Written here because ``predictors/io.py`` did not
-exist when this module was written; the format rules are the same.)
+UBJSON bytes) and :func:`load_adapter` reads it through :mod:`predictors.io`, whose unpickler
+refuses every class, so loading a file cannot execute code.
 """
 from __future__ import annotations
 
-import io
+import json
 import logging
 import math
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from latbench.errors import LatbenchError
+from latbench.errors import AdaptError
+from latbench.features import op_features
+from latbench.metrics import accuracy_within, spearman
+from latbench.nasbench201 import detect_feature_kind, nb201_features
+from latbench.space import ZERO, Arch, parse_candidate
+from predictors.io import FileKind, load_predictor, read_plain, write_plain
 
 log = logging.getLogger(__name__)
 
@@ -55,70 +56,18 @@ XGB_PARAMS: dict[str, Any] = {
 }
 
 
-class AdaptError(LatbenchError):
-    """Adaptation cannot run (too few samples, missing column, bad file)."""
+ADAPTER_FILE = FileKind(
+    "adapter file", AdaptError,
+    refused="refusing to load {name}: adapter files hold plain data only ({path})",
+    corrupt="{path} is not an adapter file ({detail})")
 
 
 # --------------------------------------------------------------------------------------------
 # features
 # --------------------------------------------------------------------------------------------
-NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-#: Edges of a NAS-Bench-201 cell as (to_node, from_node), in ``arch_str`` order.
-NB201_EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
-NB201_FEATURE_NAMES: tuple[str, ...] = (
-    tuple(f"count_{o}" for o in NB201_OPS) + tuple(f"live_{o}" for o in NB201_OPS)
-    + ("connected",) + tuple(f"e{t}{f}_{o}" for t, f in NB201_EDGES for o in NB201_OPS)
-)
-_NB201_NODE = re.compile(r"([a-z_0-9]+)~(\d+)")
-
-
-def parse_nb201(arch_str: str) -> list[str]:
-    """``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` → the 6 edge ops in :data:`NB201_EDGES` order."""
-    if not isinstance(arch_str, str):
-        raise AdaptError(f"a NAS-Bench-201 cell string is text, got {type(arch_str).__name__}")
-    nodes = arch_str.strip().strip("|").split("|+|")
-    ops: list[str] = []
-    if len(nodes) != 3:
-        raise AdaptError(f"not a NAS-Bench-201 cell string: {arch_str!r} (expected 3 nodes separated by '+')")
-    for to, node in enumerate(nodes, start=1):
-        edges = _NB201_NODE.findall(node)
-        if [int(f) for _, f in edges] != list(range(to)):
-            raise AdaptError(f"not a NAS-Bench-201 cell string: {arch_str!r} (node {to} must list inputs 0..{to - 1})")
-        for op, _ in edges:
-            if op not in NB201_OPS:
-                raise AdaptError(f"unknown NAS-Bench-201 op {op!r} in {arch_str!r}; known: {', '.join(NB201_OPS)}")
-            ops.append(op)
-    return ops
-
-
-def nb201_features(arch_str: str) -> np.ndarray:
-    """Features of a NAS-Bench-201 cell: op counts, counts of ops on a live input→output path,
-    whether the output is connected, and a one-hot op per edge (:data:`NB201_FEATURE_NAMES`)."""
-    ops = parse_nb201(arch_str)
-    edge_op = dict(zip(NB201_EDGES, ops))
-    fwd = {0}  # nodes reachable from the input through non-'none' edges
-    for to in (1, 2, 3):
-        if any(edge_op[(to, f)] != "none" and f in fwd for f in range(to)):
-            fwd.add(to)
-    bwd = {3}  # nodes that reach the output
-    for frm in (2, 1, 0):
-        if any(edge_op[(t, frm)] != "none" and t in bwd for t in range(frm + 1, 4)):
-            bwd.add(frm)
-    counts = [ops.count(o) for o in NB201_OPS]
-    live = [0] * len(NB201_OPS)
-    for (t, f), o in edge_op.items():
-        if o != "none" and f in fwd and t in bwd:
-            live[NB201_OPS.index(o)] += 1
-    onehot = [1.0 if edge_op[e] == o else 0.0 for e in NB201_EDGES for o in NB201_OPS]
-    return np.array(counts + live + [float(3 in fwd)] + onehot, dtype=float)
-
-
 def arch_features(arch: Any) -> np.ndarray:
     """Features of a ProxylessNAS :class:`~latbench.space.Arch`: summed FLOPs/params/bytes of its
     ops, resolution, width, and per searchable layer its kernel and expand (0 for ``zero``)."""
-    from latbench.features import op_features
-    from latbench.space import ZERO, parse_candidate
-
     tot = {"flops": 0.0, "params": 0.0, "weight_bytes": 0.0, "act_bytes": 0.0, "flops_depthwise": 0.0}
     for op in arch.op_specs:
         f = op_features(op)
@@ -139,30 +88,15 @@ def features_for(ids: Sequence[str], kind: str) -> np.ndarray:
     if kind == "nb201":
         return np.vstack([nb201_features(s) for s in ids])
     if kind == "arch":
-        import json
-
-        from latbench.space import Arch
-
         return np.vstack([arch_features(Arch.from_dict(json.loads(s))) for s in ids])
     raise AdaptError(f"unknown feature kind {kind!r}; use 'nb201' or 'arch'")
-
-
-def detect_feature_kind(ids: Sequence[str]) -> str | None:
-    """``nb201`` when the ids look like NAS-Bench-201 cell strings, else ``None``."""
-    sample = [s for s in list(ids)[:20]]
-    try:
-        for s in sample:
-            parse_nb201(s)
-    except AdaptError:
-        return None
-    return "nb201" if sample else None
 
 
 # --------------------------------------------------------------------------------------------
 # the adapter
 # --------------------------------------------------------------------------------------------
 def _xgb(params: dict[str, Any], seed: int):
-    from xgboost import XGBRegressor
+    from xgboost import XGBRegressor  # deferred: xgboost takes ~1 s to import, only fitting needs it
 
     return XGBRegressor(random_state=seed, **params)
 
@@ -216,7 +150,7 @@ class ProxyAdapter:
         self.iso_x_: list[float] = []
         self.iso_y_: list[float] = []
         if self.mapping == "isotonic":
-            from sklearn.isotonic import IsotonicRegression
+            from sklearn.isotonic import IsotonicRegression  # deferred: only the isotonic map needs it
 
             iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y)
             self.iso_x_ = [float(v) for v in iso.X_thresholds_]
@@ -334,54 +268,15 @@ class ProxyAdapter:
 # --------------------------------------------------------------------------------------------
 # safe files
 # --------------------------------------------------------------------------------------------
-class _PlainUnpickler(pickle.Unpickler):
-    """Loads only pickle's built-in plain types (dict, list, tuple, str, bytes, numbers, None)."""
-
-    def find_class(self, module: str, name: str):  # noqa: D401
-        raise AdaptError(f"refusing to load {module}.{name}: adapter files hold plain data only")
-
-
-def _plain(obj: Any) -> Any:
-    """Check that ``obj`` is plain data (and convert numpy scalars)."""
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    raise TypeError(f"cannot store {type(obj).__name__} in an adapter file")
-
-
 def save_adapter(path: str | Path, adapter: ProxyAdapter, meta: dict[str, Any] | None = None) -> Path:
     """Write a fitted adapter (and ``meta``: proxy, target, feature kind, samples …) as plain data."""
-    path = Path(path)
     doc = {"format": FORMAT, "version": FORMAT_VERSION, "state": adapter.get_state(), "meta": meta or {}}
-    data = pickle.dumps(_plain(doc), protocol=4)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as e:
-        raise AdaptError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    return write_plain(path, doc, ADAPTER_FILE)
 
 
 def load_adapter(path: str | Path) -> tuple[ProxyAdapter, dict[str, Any]]:
     """Read an adapter file written by :func:`save_adapter`; returns ``(adapter, meta)``."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise AdaptError(f"cannot read adapter file {path}: {e.strerror or e}") from None
-    try:
-        doc = _PlainUnpickler(io.BytesIO(raw)).load()
-    except AdaptError:
-        raise
-    except Exception as e:
-        raise AdaptError(f"{path} is not an adapter file ({e.__class__.__name__})") from None
+    doc = read_plain(path, ADAPTER_FILE)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise AdaptError(f"{path} is not a latbench adapter file (format {doc.get('format') if isinstance(doc, dict) else '?'})")
     if doc.get("version") != FORMAT_VERSION:
@@ -400,10 +295,6 @@ class AdaptedArchPredictor:
 
     def predict(self, archs: Any) -> float | np.ndarray:
         """Target latency (ms) of one architecture or an array for a list."""
-        import json
-
-        from latbench.space import Arch
-
         single = isinstance(archs, (Arch, dict, str))
         items = [archs] if single else list(archs)
         objs = [a if isinstance(a, Arch) else Arch.from_dict(json.loads(a) if isinstance(a, str) else a)
@@ -421,26 +312,12 @@ def load_adapted_predictor(path: str | Path, proxy_path: str | Path | None = Non
     if meta.get("proxy_kind") != "predictor":
         raise AdaptError(f"{path} adapts the device column {meta.get('proxy')!r} of a table, not a predictor; "
                          "use load_adapter() and pass the proxy latencies yourself")
-    from predictors import load_predictor
-
     return AdaptedArchPredictor(adapter, load_predictor(proxy_path or meta["proxy"]), meta.get("target"))
 
 
 # --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------
-def accuracy_within(pred: np.ndarray, true: np.ndarray, band: float = 0.10) -> float:
-    """Share of predictions within ±``band`` of the measured latency."""
-    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
-    return float(np.mean(np.abs(pred - true) <= band * true))
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
-
-
 @dataclass
 class AdaptData:
     """Aligned entries usable for adaptation: ids, proxy latency, target latency, features."""
@@ -494,7 +371,7 @@ def evaluate_once(data: AdaptData, k: int, rng: np.random.Generator, mapping: st
         preds["xgboost from scratch"] = np.exp(scratch.predict(data.features[te]))
     rows = []
     for method, p in preds.items():
-        rows.append({"k": k, "method": method, "spearman": _spearman(p, t_te),
+        rows.append({"k": k, "method": method, "spearman": spearman(p, t_te),
                      "acc10": accuracy_within(p, t_te, 0.10),
                      "mape": float(np.mean(np.abs(p - t_te) / t_te)), "n_eval": int(len(te))})
     return rows

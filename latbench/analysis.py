@@ -15,6 +15,7 @@ with percentile bootstrap confidence intervals (resampling the shared entries of
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -24,9 +25,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from latbench.errors import LatbenchError
+from latbench.metrics import kendall, spearman
+from latbench.paths import SHARED_ENV, help_nb201_csv
+from latbench.tables import ok_mask, read_table, table_paths
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,9 @@ def read_any(path: str | Path) -> pd.DataFrame:
     if not p.exists():
         raise AnalysisError(f"table {p} does not exist (check the path)")
     try:
-        if p.is_dir() or name.endswith(".parquet"):
-            from latbench.tables import read_table  # our Parquet layout (journal-aware)
-
-            if p.is_dir():
-                found = table_paths(p)
-                if not found:
-                    raise AnalysisError(f"no tables (*.parquet or *.journal.jsonl) under {p}")
-                return pd.concat([read_table(f) for f in found], ignore_index=True)
+        if p.is_dir() or name.endswith(".parquet"):  # our layout: latbench.tables reads it (journal-aware)
+            if p.is_dir() and not table_paths(p):
+                raise AnalysisError(f"no tables (*.parquet or *.journal.jsonl) under {p}")
             return read_table(p)
         if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz")):
             return pd.read_csv(p)
@@ -78,20 +76,8 @@ def read_any(path: str | Path) -> pd.DataFrame:
     raise AnalysisError(f"{p}: unknown table format; use .parquet, .csv(.gz), .tsv, .json or .jsonl")
 
 
-def table_paths(root: str | Path) -> list[Path]:
-    """Our tables under ``root``: every ``*.parquet``, plus tables that so far exist only as a
-    journal (a campaign still running or interrupted), named by their future Parquet path."""
-    root = Path(root)
-    paths = set(root.rglob("*.parquet"))
-    for j in root.rglob("*.journal.jsonl"):
-        paths.add(j.with_name(j.name.replace(".journal.jsonl", ".parquet")))
-    return sorted(paths)
-
-
 def _json_frame(p: Path) -> pd.DataFrame:
     """A JSON table: records, ``{device: {id: ms}}``, ``{device: [ms, ...]}`` or ``{column: [...]}``."""
-    import gzip
-
     opener = gzip.open if p.name.lower().endswith(".gz") else open
     with opener(p, "rt") as f:
         try:
@@ -154,7 +140,7 @@ def long_to_matrix(df: pd.DataFrame, value: str = "median_ms", kind: str | None 
     df = df.copy()
     vals = pd.to_numeric(df[value], errors="coerce")
     if "status" in df.columns:
-        vals = vals.where(df["status"].fillna("ok") == "ok")
+        vals = vals.where(ok_mask(df))
     df["_v"] = vals.where(vals > 0)
     df["_col"] = df["device"].astype(str)
     if "backend" in df.columns:
@@ -251,8 +237,6 @@ def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
 def load_published_help(path: str | Path | None = None, devices: Sequence[str] | None = None) -> pd.DataFrame:
     """The published HELP NAS-Bench-201 table (from :func:`latbench.paths.help_nb201_csv`) as a
     matrix indexed by ``arch_str`` (keeps the cell string for feature extraction)."""
-    from latbench.paths import SHARED_ENV, help_nb201_csv
-
     p = Path(path) if path else help_nb201_csv()
     if not p.exists():
         raise AnalysisError(f"published HELP table not found at {p}; set {SHARED_ENV} to the shared directory")
@@ -354,18 +338,6 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
         return np.where(var > 0, cov / np.sqrt(var), np.nan)
 
 
-def _kendall(x: np.ndarray, y: np.ndarray) -> float:
-    if np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan")
-    return float(stats.kendalltau(x, y).statistic)
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
-
-
 def rank_correlations(matrix: pd.DataFrame, bootstrap: int = 200, confidence: float = 0.95,
                       seed: int = 0, kendall_bootstrap: bool = True) -> CorrelationResult:
     """Spearman and Kendall (τ-b) between every pair of device columns over their shared valid
@@ -414,8 +386,8 @@ def rank_correlations(matrix: pd.DataFrame, bootstrap: int = 200, confidence: fl
             x, y = vals[m, i], vals[m, j]
             n[i, j] = n[j, i] = k
             dropped[i, j] = dropped[j, i] = len(vals) - k  # entries unusable for this pair
-            res["rho"][i, j] = res["rho"][j, i] = _spearman(x, y)
-            res["tau"][i, j] = res["tau"][j, i] = _kendall(x, y)
+            res["rho"][i, j] = res["rho"][j, i] = spearman(x, y)
+            res["tau"][i, j] = res["tau"][j, i] = kendall(x, y)
             if bootstrap:
                 rlo, rhi, tlo, thi = _bootstrap_pair(x, y, bootstrap, alpha, rng, kendall_bootstrap)
                 res["rlo"][i, j] = res["rlo"][j, i] = rlo
@@ -433,7 +405,7 @@ def rank_correlations(matrix: pd.DataFrame, bootstrap: int = 200, confidence: fl
 
 
 def _bootstrap_pair(x: np.ndarray, y: np.ndarray, B: int, alpha: float, rng: np.random.Generator,
-                    kendall: bool) -> tuple[float, float, float, float]:
+                    with_kendall: bool) -> tuple[float, float, float, float]:
     n = len(x)
     chunk = max(1, min(B, 4_000_000 // max(n, 1)))  # bound memory to a few tens of MB per block
     rhos, taus = [], []
@@ -442,13 +414,13 @@ def _bootstrap_pair(x: np.ndarray, y: np.ndarray, B: int, alpha: float, rng: np.
         b = min(chunk, B - done)
         idx = rng.integers(0, n, size=(b, n))
         rhos.append(bootstrap_spearman(x, y, idx))
-        if kendall:
-            taus.extend(_kendall(x[r], y[r]) for r in idx)
+        if with_kendall:
+            taus.extend(kendall(x[r], y[r]) for r in idx)
         done += b
     rho = np.concatenate(rhos)
     q = [100 * alpha, 100 * (1 - alpha)]
     rlo, rhi = _percentiles(rho, q)
-    tlo, thi = _percentiles(np.asarray(taus), q) if kendall else (float("nan"), float("nan"))
+    tlo, thi = _percentiles(np.asarray(taus), q) if with_kendall else (float("nan"), float("nan"))
     return rlo, rhi, tlo, thi
 
 

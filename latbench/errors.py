@@ -21,3 +21,7 @@ class DeviceError(LatbenchError):
 
 class ConfigError(LatbenchError):
     """A malformed or incomplete configuration file (device YAML, arch JSON)."""
+
+
+class AdaptError(LatbenchError):
+    """Adaptation cannot run (too few samples, missing column, bad file, a malformed NAS-Bench-201 cell)."""

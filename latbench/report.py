@@ -28,7 +28,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from latbench.adapt import adaptation_curve, data_from_wide, summarize
+from latbench.analysis import load_published_help, long_to_matrix, rank_correlations
 from latbench.errors import LatbenchError
+from latbench.facts import versions
+from latbench.ops import OpKeyError, OpSpec
+from latbench.paths import SHARED_ENV, help_nb201_csv
+from latbench.plots import adaptation_curve as curve_png
+from latbench.plots import (correlation_heatmap, latency_distributions, op_heatmap, pred_vs_measured, rank_scatter,
+                            trajectories)
+from latbench.tables import ok_mask, ok_rows, read_table, table_paths
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +68,6 @@ class Found:
 # --------------------------------------------------------------------------------------------
 def scan(data_dir: str | Path | None, runs_dir: str | Path | None = None) -> Found:
     """Find our tables, predictor evaluations and search logs under the two directories."""
-    from latbench.analysis import table_paths
-    from latbench.tables import read_table
-
     found = Found()
     roots = [Path(d) for d in (data_dir, runs_dir) if d is not None and Path(d).is_dir()]
     seen: set[Path] = set()
@@ -190,11 +196,10 @@ def section_provenance(found: Found) -> str:
     details = []
     for kind, tables in (("ops", found.op_tables), ("archs", found.arch_tables)):
         for p, df in tables:
-            status = df["status"] if "status" in df.columns else pd.Series("ok", index=df.index)
-            ok = df[(status == "ok") & (pd.to_numeric(df.get("median_ms"), errors="coerce") > 0)]
+            ok = ok_rows(df) if "median_ms" in df.columns else df.iloc[:0]
             ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True) if "timestamp" in df.columns else None
             row = {"device": _device_name(df, p), "backend": _first(df, "backend"), "kind": kind,
-                   "table": str(p), "rows": len(df), "ok": len(ok), "errors": int((status != "ok").sum()),
+                   "table": str(p), "rows": len(df), "ok": len(ok), "errors": int((~ok_mask(df)).sum()),
                    "median of medians (ms)": float(ok["median_ms"].median()) if len(ok) else np.nan}
             for c in _PROV_COLUMNS:
                 v = _first(df, c)
@@ -216,15 +221,10 @@ def section_provenance(found: Found) -> str:
 
 
 def section_op_heatmaps(found: Found) -> str:
-    from latbench.plots import op_heatmap
-    from latbench.ops import OpKeyError, OpSpec
-
     parts = []
     for p, df in found.op_tables:
-        status = df["status"] if "status" in df.columns else pd.Series("ok", index=df.index)
-        ok = df[(status == "ok")].copy()
+        ok = ok_rows(df).copy()
         ok["median_ms"] = pd.to_numeric(ok["median_ms"], errors="coerce")
-        ok = ok[ok["median_ms"] > 0]
         recs = []
         for key, ms in zip(ok["key"].astype(str), ok["median_ms"]):
             try:
@@ -243,8 +243,6 @@ def section_op_heatmaps(found: Found) -> str:
 
 
 def _our_matrix(tables: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame | None:
-    from latbench.analysis import long_to_matrix
-
     frames = [df for _, df in tables if {"key", "device", "median_ms"} <= set(df.columns)]
     if not frames:
         return None
@@ -252,9 +250,6 @@ def _our_matrix(tables: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame | None:
 
 
 def section_our_correlation(found: Found, bootstrap: int) -> str:
-    from latbench.analysis import rank_correlations
-    from latbench.plots import correlation_heatmap
-
     parts = []
     for label, tables in (("op", found.op_tables), ("architecture", found.arch_tables)):
         mat = _our_matrix(tables)
@@ -275,8 +270,6 @@ def section_our_correlation(found: Found, bootstrap: int) -> str:
 
 
 def section_evals(found: Found) -> str:
-    from latbench.plots import pred_vs_measured
-
     parts = []
     for p, df, meta in found.evals:
         m, pr = _eval_columns(df)  # type: ignore[misc]
@@ -295,8 +288,6 @@ def section_evals(found: Found) -> str:
 
 
 def section_search(found: Found) -> str:
-    from latbench.plots import trajectories
-
     parts = []
     for p, df in found.search_logs:
         title = f"search run {p.parent.name}/{p.name}"
@@ -318,12 +309,6 @@ def section_search(found: Found) -> str:
 
 
 def section_help(path: Path | None, bootstrap: int, adapt: bool) -> str:
-    from latbench.adapt import adaptation_curve, data_from_wide, summarize
-    from latbench.analysis import load_published_help, rank_correlations
-    from latbench.paths import SHARED_ENV, help_nb201_csv
-    from latbench.plots import adaptation_curve as curve_png
-    from latbench.plots import correlation_heatmap, latency_distributions, rank_scatter
-
     p = Path(path) if path else help_nb201_csv()
     if not p.exists():
         return _note(f"Published HELP table not found at {p} (set {SHARED_ENV} to the shared directory).")
@@ -401,8 +386,6 @@ nav a{color:#cfe3ff;margin-right:14px;font-size:14px}
 def render(found: Found, help_path: Path | None = None, include_help: bool = True, bootstrap: int = 100,
            adapt: bool = True, title: str = "latbench report") -> str:
     """The report page as an HTML string."""
-    from latbench.facts import versions
-
     sections = [
         ("provenance", "Tables and provenance", _safe(lambda: section_provenance(found), "provenance")),
         ("ops", "Op latency per device (kernel × expand × layer shape)",

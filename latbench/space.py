@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from latbench.errors import ConfigError
+from latbench.errors import ConfigError, LatbenchError
 from latbench.ops import OpSpec, conv_out
 
 KERNELS: tuple[int, ...] = (3, 5, 7)
@@ -276,3 +276,48 @@ def distinct_ops(archs: Iterable[Arch]) -> list[OpSpec]:
     """The distinct ops a set of architectures uses, sorted by key."""
     ops = {op.key: op for a in archs for op in a.op_specs}
     return [ops[k] for k in sorted(ops)]
+
+
+# -- the space of a set of op keys -------------------------------------------------------------------
+#: Width multipliers tried when inferring the deployment space from a table's keys.
+_WIDTHS = (1.0, 0.35, 0.5, 0.75, 0.9, 1.1, 1.25, 1.3, 1.4, 1.5, 2.0)
+
+
+def infer_space(keys: Iterable[str], resolution: int | None = None, width_mult: float | None = None,
+                n_classes: int | None = None) -> Space:
+    """The space whose ops a set of keys covers best (explicit arguments win).
+
+    Candidates come from the stem (``Conv``) keys' resolutions and the ``Logits`` keys' class counts;
+    ties prefer width 1.0 and the largest resolution. Without stem keys, 224/1.0/1000 is assumed.
+    """
+    keys = set(keys)
+    ops = [OpSpec.parse(k) for k in keys]
+    stems = [o for o in ops if o.kind == "Conv"]
+    res_c = [resolution] if resolution else sorted({o.in_h for o in stems}, reverse=True) or [224]
+    cls_c = [n_classes] if n_classes else sorted({o.out_ch for o in ops if o.kind == "Logits"}) or [1000]
+    if width_mult:
+        w_c: Sequence[float] = [float(width_mult)]
+    else:
+        stem_ch = {o.out_ch for o in stems}
+        w_c = [w for w in _WIDTHS if not stem_ch or make_divisible(STEM_CHANNELS * w) in stem_ch] or [1.0]
+    best, best_cov = None, -1.0
+    for r in res_c:
+        for w in w_c:
+            for c in cls_c:
+                try:
+                    sp = Space(int(r), float(w), int(c))
+                    need = {o.key for o in sp.distinct_ops()}
+                except LatbenchError:
+                    continue
+                cov = len(need & keys) / len(need)
+                if cov > best_cov + 1e-12:
+                    best, best_cov = sp, cov
+    if best is None:
+        raise LatbenchError("cannot infer the deployment space from the table; pass resolution/width_mult")
+    return best
+
+
+def space_to_dict(space: Space) -> dict[str, Any]:
+    """The three numbers that fix a space, as plain data."""
+    return {"resolution": int(space.resolution), "width_mult": float(space.width_mult),
+            "n_classes": int(space.n_classes)}

@@ -54,9 +54,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a Parquet or CSV table (plus its unconsolidated journal, if any) into a DataFrame."""
     p = Path(path)
     if p.is_dir():
-        frames = [read_table(f) for f in sorted(p.rglob("*.parquet"))]
+        frames = [read_table(f) for f in table_paths(p)]
         if not frames:
-            raise TableError(f"no .parquet tables under {p}")
+            raise TableError(f"no tables (*.parquet or *.journal.jsonl) under {p}")
         return pd.concat(frames, ignore_index=True)
     journal = _journal_of(p)
     if not p.exists() and not journal.exists():
@@ -74,6 +74,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if rows:
         df = _merge(df, pd.DataFrame(rows))
     return df
+
+
+def table_paths(root: str | Path) -> list[Path]:
+    """Our tables under ``root``: every ``*.parquet``, plus tables that so far exist only as a
+    journal (a campaign still running or interrupted), named by their future Parquet path."""
+    root = Path(root)
+    paths = set(root.rglob("*.parquet"))
+    for j in root.rglob("*.journal.jsonl"):
+        paths.add(j.with_name(j.name.replace(".journal.jsonl", ".parquet")))
+    return sorted(paths)
 
 
 def _journal_of(path: Path) -> Path:
@@ -116,7 +126,7 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         merged = pd.concat([old, new], ignore_index=True)
     if merged.empty or "key" not in merged:
         return merged
-    ok = (merged.get("status", pd.Series("ok", index=merged.index)) == "ok").astype(int)
+    ok = ok_mask(merged).astype(int)
     merged = merged.assign(_ok=ok, _order=range(len(merged)))
     merged = merged.sort_values(["_ok", "_order"]).drop_duplicates("key", keep="last")
     return merged.sort_values("_order").drop(columns=["_ok", "_order"]).reset_index(drop=True)
@@ -155,7 +165,7 @@ class TableStore:
         df = self.frame()
         if df.empty:
             return set()
-        return set(df.loc[df["status"] == "ok", "key"])
+        return set(df.loc[ok_mask(df), "key"])
 
     def append(self, row: dict[str, Any]) -> None:
         """Persist one row now (durable on return)."""
@@ -247,12 +257,18 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Only successfully measured rows with a finite, positive median."""
+def ok_mask(df: pd.DataFrame) -> pd.Series:
+    """True for rows whose ``status`` is ``ok`` (a table or row without a status counts as ok)."""
+    if "status" not in df:
+        return pd.Series(True, index=df.index)
+    return df["status"].fillna("ok") == "ok"
+
+
+def ok_rows(df: pd.DataFrame, value: str = "median_ms") -> pd.DataFrame:
+    """Only successfully measured rows with a finite, positive ``value`` (the median)."""
     if df.empty:
         return df
-    m = df["status"] == "ok" if "status" in df else pd.Series(True, index=df.index)
-    return df[m & df["median_ms"].notna() & (df["median_ms"] > 0)]
+    return df[ok_mask(df) & (pd.to_numeric(df[value], errors="coerce") > 0)]
 
 
 def concat_tables(paths: Iterable[str | Path]) -> pd.DataFrame:

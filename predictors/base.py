@@ -1,4 +1,4 @@
-"""Shared machinery of latency predictors: fitting data, deployment space, per-layer matrix, calibration.
+"""The base of latency predictors: per-layer matrix of a space, prediction of architectures, calibration.
 
 A predictor estimates the latency (ms) of one op; an architecture's latency is the sum over its ops
 (ProxylessNAS' method), optionally calibrated as ``scale * sum + offset`` from a few measured whole
@@ -13,32 +13,27 @@ so the search's expected latency, built from the matrix, equals ``predict`` on a
 """
 from __future__ import annotations
 
-import inspect
+import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
-import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
 
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec
-from latbench.space import (FIRST_BLOCK_CANDIDATES, MBCONV_CANDIDATES, ZERO, Arch, Space,
-                            make_divisible, STEM_CHANNELS)
+from latbench.space import FIRST_BLOCK_CANDIDATES, MBCONV_CANDIDATES, ZERO, Arch, Space, infer_space, space_to_dict
+from predictors.calibration import fit_calibration_line
+from predictors.data import OpData, check_latency, op_data
+from predictors.io import save_predictor
 
 log = logging.getLogger(__name__)
 
 #: Every candidate name of the space gets a fixed column in the per-space matrix.
 CANDIDATE_NAMES: tuple[str, ...] = FIRST_BLOCK_CANDIDATES + MBCONV_CANDIDATES + (ZERO,)
 _CAND_COL: dict[str, int] = {name: i for i, name in enumerate(CANDIDATE_NAMES)}
-
-#: Width multipliers tried when inferring the deployment space from a table's keys.
-_WIDTHS = (1.0, 0.35, 0.5, 0.75, 0.9, 1.1, 1.25, 1.3, 1.4, 1.5, 2.0)
-
-_REGISTRY: dict[str, type["BasePredictor"]] = {}
-
 
 class NotFittedError(LatbenchError, ValueError):
     """A predictor used before ``fit``."""
@@ -49,160 +44,6 @@ class MissingOpError(LatbenchError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
-
-
-def register_predictor(cls: type["BasePredictor"]) -> type["BasePredictor"]:
-    """Class decorator: make a predictor kind loadable from files by its ``kind`` name."""
-    _REGISTRY[cls.kind] = cls
-    return cls
-
-
-def predictor_class(kind: str) -> type["BasePredictor"]:
-    """The predictor class registered under ``kind`` (``lut``, ``gbdt``)."""
-    if kind not in _REGISTRY:
-        raise LatbenchError(f"unknown predictor kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[kind]
-
-
-# -- training data -------------------------------------------------------------------------------
-@dataclass
-class OpData:
-    """Validated training data: op specs, latencies (ms) and where they came from."""
-
-    ops: list[OpSpec]
-    ms: np.ndarray
-    device: str | None = None
-    backend: str | None = None
-    target: str | None = None
-    source: str = "data"
-
-
-def _frame_of(X: Any) -> tuple[pd.DataFrame, str]:
-    from latbench.tables import read_table
-
-    if isinstance(X, pd.DataFrame):
-        return X, "DataFrame"
-    if isinstance(X, (str, Path)):
-        return read_table(X), str(X)
-    if isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, Path, pd.DataFrame)) for p in X):
-        frames, names = zip(*(_frame_of(p) for p in X))
-        return pd.concat(frames, ignore_index=True), ", ".join(names)
-    raise LatbenchError(f"cannot fit on {type(X).__name__}: give op table paths, a DataFrame, "
-                        "or a list of ops with latencies")
-
-
-def _single(df: pd.DataFrame, col: str, source: str) -> str | None:
-    if col not in df:
-        return None
-    vals = sorted({str(v) for v in df[col].dropna().unique()})
-    if len(vals) > 1:
-        what = {"device": "devices", "backend": "backends", "target": "targets"}[col]
-        raise LatbenchError(f"{source}: tables mix {what} {', '.join(vals[:4])}; fit one predictor per "
-                            f"{col} (pass only that {col}'s tables)")
-    return vals[0] if vals else None
-
-
-def op_data(X: Any, y: Any = None, stat: str = "median_ms") -> OpData:
-    """Turn tables / a DataFrame / ``(ops, ms)`` into validated :class:`OpData`.
-
-    Error rows are skipped (logged); an ``ok`` row with a NaN or non-positive latency, a table that
-    mixes devices or backends, an arch table, or an unparsable key is a one-line error.
-    """
-    if y is not None:
-        ops = [o if isinstance(o, OpSpec) else OpSpec.parse(o) for o in X]
-        ms = np.asarray(y, dtype=float)
-        if ms.shape != (len(ops),):
-            raise LatbenchError(f"got {len(ops)} ops but {ms.size} latencies")
-        for op, v in zip(ops, ms):
-            check_latency(v, op.key, "latencies")
-        return OpData(ops, ms)
-    df, source = _frame_of(X)
-    if df.empty:
-        raise LatbenchError(f"{source}: the table is empty (measure some ops first)")
-    if "arch" in df.columns or ("kind" in df.columns and (df["kind"] == "arch").all()):
-        raise LatbenchError(f"{source}: this is an architecture table; fit predictors on op tables "
-                            "(ops-<backend>.parquet)")
-    for col in ("key", stat):
-        if col not in df.columns:
-            raise LatbenchError(f"{source}: not a latbench op table (no {col!r} column)")
-    device, backend = _single(df, "device", source), _single(df, "backend", source)
-    target = _single(df, "target", source)
-    ok = df["status"] == "ok" if "status" in df else pd.Series(True, index=df.index)
-    n_err = int((~ok).sum())
-    if n_err:
-        log.warning("%s: skipping %d rows whose status is not ok", source, n_err)
-    df = df[ok]
-    if df.empty:
-        raise LatbenchError(f"{source}: no successfully measured rows (all {n_err} have status error)")
-    ops, ms = [], []
-    for key, v in zip(df["key"], df[stat]):
-        try:
-            op = OpSpec.parse(key)
-        except LatbenchError as e:
-            raise LatbenchError(f"{source}: {e}") from None
-        check_latency(v, key, source, stat)
-        ops.append(op)
-        ms.append(float(v))
-    # Several tables may hold the same op: keep the median of its measurements.
-    by_key: dict[str, list[float]] = {}
-    first: dict[str, OpSpec] = {}
-    for op, v in zip(ops, ms):
-        by_key.setdefault(op.key, []).append(v)
-        first.setdefault(op.key, op)
-    keys = list(by_key)
-    return OpData([first[k] for k in keys], np.array([float(np.median(by_key[k])) for k in keys]),
-                  device, backend, target, source)
-
-
-def check_latency(v: Any, key: str, source: str, what: str = "latency") -> float:
-    """A finite positive float, or a one-line error naming the key."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise LatbenchError(f"{source}: {what} of {key} is {v!r}, not a number") from None
-    if not math.isfinite(f) or f <= 0:
-        raise LatbenchError(f"{source}: {what} of {key} is {f!r}; latencies must be finite and > 0 ms "
-                            "(re-measure that op or drop the row)")
-    return f
-
-
-def infer_space(keys: Iterable[str], resolution: int | None = None, width_mult: float | None = None,
-                n_classes: int | None = None) -> Space:
-    """The space whose ops a set of keys covers best (explicit arguments win).
-
-    Candidates come from the stem (``Conv``) keys' resolutions and the ``Logits`` keys' class counts;
-    ties prefer width 1.0 and the largest resolution. Without stem keys, 224/1.0/1000 is assumed.
-    """
-    keys = set(keys)
-    ops = [OpSpec.parse(k) for k in keys]
-    stems = [o for o in ops if o.kind == "Conv"]
-    res_c = [resolution] if resolution else sorted({o.in_h for o in stems}, reverse=True) or [224]
-    cls_c = [n_classes] if n_classes else sorted({o.out_ch for o in ops if o.kind == "Logits"}) or [1000]
-    if width_mult:
-        w_c: Sequence[float] = [float(width_mult)]
-    else:
-        stem_ch = {o.out_ch for o in stems}
-        w_c = [w for w in _WIDTHS if not stem_ch or make_divisible(STEM_CHANNELS * w) in stem_ch] or [1.0]
-    best, best_cov = None, -1.0
-    for r in res_c:
-        for w in w_c:
-            for c in cls_c:
-                try:
-                    sp = Space(int(r), float(w), int(c))
-                    need = {o.key for o in sp.distinct_ops()}
-                except LatbenchError:
-                    continue
-                cov = len(need & keys) / len(need)
-                if cov > best_cov + 1e-12:
-                    best, best_cov = sp, cov
-    if best is None:
-        raise LatbenchError("cannot infer the deployment space from the table; pass resolution/width_mult")
-    return best
-
-
-def space_to_dict(space: Space) -> dict[str, Any]:
-    return {"resolution": int(space.resolution), "width_mult": float(space.width_mult),
-            "n_classes": int(space.n_classes)}
 
 
 # -- per-space lookup ----------------------------------------------------------------------------
@@ -216,8 +57,9 @@ class _SpaceTable:
     fixed_missing: str | None
 
 
-class BasePredictor:
-    """Base of latency predictors (scikit-learn style: ``__init__`` stores params, ``fit`` returns self).
+class BasePredictor(RegressorMixin, BaseEstimator):
+    """Base of latency predictors, scikit-learn estimators: ``__init__`` stores params, ``fit`` returns
+    self, fitted state ends in ``_`` (``get_params``/``set_params``/``repr`` are scikit-learn's).
 
     Subclasses implement :meth:`_fit_ops` and :meth:`_raw_op_ms`, and their extra state in
     :meth:`_state` / :meth:`_load_state` (plain data only: see :mod:`predictors.io`).
@@ -225,32 +67,12 @@ class BasePredictor:
 
     kind: ClassVar[str] = ""
 
-    # -- scikit-learn protocol -------------------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters (as scikit-learn's ``get_params``)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> "BasePredictor":
-        """Set constructor parameters; unknown names are an error."""
-        valid = set(self._param_names())
-        for k, v in params.items():
-            if k not in valid:
-                raise LatbenchError(f"{type(self).__name__} has no parameter {k!r}; valid: {', '.join(sorted(valid))}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "space_")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -377,8 +199,6 @@ class BasePredictor:
         if isinstance(a, dict):
             return Arch.from_dict(a)
         if isinstance(a, str):
-            import json
-
             try:
                 return Arch.from_dict(json.loads(a))
             except json.JSONDecodeError:
@@ -418,7 +238,10 @@ class BasePredictor:
         return float(pred[0]) if single else pred
 
     def score(self, archs: Sequence[Any], measured_ms: Sequence[float]) -> float:
-        """Coefficient of determination R² of predicted vs measured whole-network latency."""
+        """Coefficient of determination R² of predicted vs measured whole-network latency.
+
+        latbench's own rather than :class:`~sklearn.base.RegressorMixin`'s: NaN (not 0 or 1) when the
+        measured latencies are all equal, where R² says nothing."""
         y = np.asarray(measured_ms, dtype=float)
         p = np.asarray(self.predict(list(archs)), dtype=float)
         ss_res = float(((y - p) ** 2).sum())
@@ -430,18 +253,10 @@ class BasePredictor:
                         mode: str = "auto") -> "BasePredictor":
         """Learn ``measured ≈ scale * Σops + offset`` from measured whole networks.
 
-        Both fits are robust to a few outliers (a network timed while the machine was busy):
-
-        * ``"scale"``: offset 0, scale = median of measured / predicted;
-        * ``"affine"``: Theil–Sen line (median of pairwise slopes); needs ≥ 3 archs;
-        * ``"auto"`` (default): affine with ≥ 5 archs when its slope is positive and within a factor
-          2 of the median ratio (so a narrow, noisy sample cannot produce a wild line), else scale.
-
-        Replaces any previous calibration.
+        See :func:`predictors.calibration.fit_calibration_line` for the modes. Replaces any
+        previous calibration.
         """
         self._check_fitted()
-        if mode not in ("auto", "affine", "scale"):
-            raise LatbenchError(f"calibration mode must be 'auto', 'affine' or 'scale', got {mode!r}")
         archs = list(archs)
         y = np.asarray(measured_ms, dtype=float)
         if len(archs) == 0 or y.shape != (len(archs),):
@@ -449,17 +264,7 @@ class BasePredictor:
                                 f"{y.size} latencies)")
         for a, v in zip(archs, y):
             check_latency(v, self._as_arch(a).key, "calibration")
-        raw = self._predict_raw(archs)
-        scale, offset, used = float(np.median(y / raw)), 0.0, "scale"
-        if mode == "affine" and (len(archs) < 3 or np.ptp(raw) <= 0):
-            raise LatbenchError(f"an affine calibration needs at least 3 architectures of different predicted "
-                                f"latency (got {len(archs)}); use mode='scale'")
-        if mode == "affine" or (mode == "auto" and len(archs) >= 5 and np.ptp(raw) > 0):
-            from scipy.stats import theilslopes
-
-            slope, intercept, *_ = theilslopes(y, raw)
-            if mode == "affine" or (slope > 0 and 0.5 * scale <= slope <= 2 * scale):
-                scale, offset, used = float(slope), float(intercept), "affine"
+        scale, offset, used = fit_calibration_line(self._predict_raw(archs), y, mode)
         self.calibration_ = {"scale": scale, "offset": offset, "n": len(archs), "mode": used}
         log.info("calibration from %d archs (%s): scale %.4f offset %.4f ms", len(archs), used, scale, offset)
         return self
@@ -467,8 +272,6 @@ class BasePredictor:
     # -- files -----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the fitted predictor as a safe ``.pkl`` (see :mod:`predictors.io`)."""
-        from predictors.io import save_predictor
-
         return save_predictor(self, path)
 
     def _base_state(self) -> dict[str, Any]:
@@ -491,7 +294,7 @@ class BasePredictor:
 
     def _plain_params(self) -> dict[str, Any]:
         """Constructor parameters as plain data (nested predictors are stored by :mod:`predictors.io`)."""
-        return {k: v for k, v in self.get_params().items() if not isinstance(v, BasePredictor)}
+        return {k: v for k, v in self.get_params(deep=False).items() if not isinstance(v, BasePredictor)}
 
     def describe(self) -> dict[str, Any]:
         """A short summary for CLIs and logs."""

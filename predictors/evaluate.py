@@ -17,43 +17,21 @@ import numpy as np
 import pandas as pd
 
 from latbench.errors import LatbenchError
+from latbench.metrics import accuracy_metrics
 from latbench.space import Arch, Space
 from latbench.tables import ok_rows
 from predictors.base import BasePredictor
 
+__all__ = ["accuracy_metrics", "check_device", "evaluate_predictor", "format_metrics", "interleave",
+           "measured_latencies", "sample_archs", "scatter_plot"]
+
 log = logging.getLogger(__name__)
-
-
-def accuracy_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """RMSE (ms), MAPE (%), share within ±5 % / ±10 % (%), bias (%), Spearman ρ and Kendall τ."""
-    from scipy import stats
-
-    p = np.asarray(predicted, dtype=float)
-    m = np.asarray(measured, dtype=float)
-    if p.shape != m.shape or p.ndim != 1 or p.size == 0:
-        raise LatbenchError(f"need equally long non-empty predicted/measured arrays, got {p.shape} and {m.shape}")
-    if not (np.all(np.isfinite(m)) and np.all(m > 0)):
-        raise LatbenchError("measured latencies must be finite and > 0 ms")
-    if not np.all(np.isfinite(p)):
-        raise LatbenchError("predicted latencies must be finite")
-    rel = (p - m) / m
-    out = {"n": int(p.size), "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
-           "mape_pct": float(100 * np.mean(np.abs(rel))),
-           "max_ape_pct": float(100 * np.max(np.abs(rel))),
-           "within_5_pct": float(100 * np.mean(np.abs(rel) <= 0.05)),
-           "within_10_pct": float(100 * np.mean(np.abs(rel) <= 0.10)),
-           "bias_pct": float(100 * np.mean(rel)),
-           "spearman": float("nan"), "kendall": float("nan")}
-    if p.size >= 2 and np.ptp(p) > 0 and np.ptp(m) > 0:
-        out["spearman"] = float(stats.spearmanr(p, m).statistic)
-        out["kendall"] = float(stats.kendalltau(p, m).statistic)
-    return out
 
 
 def scatter_plot(predicted: Sequence[float], measured: Sequence[float], path: str | Path,
                  title: str = "", metrics: dict[str, float] | None = None) -> Path:
     """Predicted vs measured (ms) with the y = x line and the ±10 % band; PNG at ``path``."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib takes ~1 s to import, only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,9 @@ import numpy as np
 from latbench.errors import LatbenchError
 from latbench.features import FEATURE_NAMES, op_features
 from latbench.ops import OpSpec
-from predictors.base import BasePredictor, OpData, register_predictor
+from predictors.base import BasePredictor
+from predictors.data import OpData
+from predictors.io import register_predictor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class GBDTPredictor(BasePredictor):
                 "nthread": int(self.n_jobs), "seed": int(self.random_state), "verbosity": 0}
 
     def _fit_ops(self, data: OpData) -> None:
-        import xgboost as xgb
+        import xgboost as xgb  # deferred here and below: xgboost takes ~1 s to import; a LUT never needs it
 
         if self.base_model not in ("linear", "none"):
             raise LatbenchError(f"base_model must be 'linear' or 'none', got {self.base_model!r}")
@@ -89,7 +91,7 @@ class GBDTPredictor(BasePredictor):
         self.train_rmse_log_ = float(np.sqrt(np.mean((self.booster_.predict(dtrain) - target) ** 2)))
 
     def _fit_base(self, F: np.ndarray, ms: np.ndarray) -> list[float]:
-        from scipy.optimize import nnls
+        from scipy.optimize import nnls  # deferred: scipy.optimize is slow to import, only fitting needs it
 
         X = _base_design(F)
         scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)  # conditioning

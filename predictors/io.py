@@ -1,26 +1,33 @@
-"""The predictor file (``.pkl``): plain data only, loaded without ever executing code from it.
+"""latbench's safe files (predictors ``.pkl`` and adapters): plain data only, loaded without ever executing code.
 
 A ``.pkl`` is what users pass around, so it must be as safe to open as a JSON file. It is a pickle
 (protocol 4) of one dict holding only ``None``, bools, ints, floats, strings, bytes, lists, tuples
-and dicts::
+and dicts. A predictor file is::
 
     {"format": "latbench-predictor", "version": 1, "kind": "lut" | "gbdt",
      "params": {...}, "state": {...}, "fallback": <nested payload or None>}
 
-The xgboost model travels as its own UBJSON bytes. Loading uses an :class:`pickle.Unpickler` whose
+and an adapter file (:func:`latbench.adapt.save_adapter`) ``{"format": "latbench.adapted-proxy", ...}``.
+The xgboost models travel as their own UBJSON bytes. Loading uses an :class:`pickle.Unpickler` whose
 ``find_class`` refuses every global, so a pickle that references any class or function (the way a
 crafted file runs code via ``__reduce__``) fails before anything is called.
+:func:`write_plain` / :func:`read_plain` are the file layer both formats share.
 """
 from __future__ import annotations
 
 import io
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from latbench.errors import LatbenchError
-from predictors.base import BasePredictor, predictor_class
+
+if TYPE_CHECKING:  # predictors.base imports this module (its save() and the registry)
+    from predictors.base import BasePredictor
 
 FORMAT = "latbench-predictor"
 VERSION = 1
@@ -29,6 +36,23 @@ _PLAIN = (type(None), bool, int, float, str, bytes)
 
 class PredictorFileError(LatbenchError):
     """A predictor file that cannot be loaded (missing, corrupt, foreign, unsafe or too new)."""
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """How one kind of plain-data file is named in its errors."""
+
+    name: str                    # "predictor file"
+    error: type[LatbenchError]   # raised for any unreadable/unsafe file
+    refused: str                 # message for a pickle that asks for a global: {path}, {name}
+    corrupt: str                 # message for bytes that are no plain pickle: {path}, {detail}
+
+
+PREDICTOR_FILE = FileKind(
+    "predictor file", PredictorFileError,
+    refused="refusing to load {path}: it references Python object {name} (latbench predictor files hold "
+            "plain data only, so this one is foreign or crafted to run code)",
+    corrupt="{path} is not a latbench predictor file ({detail})")
 
 
 class _Refused(pickle.UnpicklingError):
@@ -45,21 +69,75 @@ class _PlainUnpickler(pickle.Unpickler):
         raise _Refused("a persistent object id")
 
 
-def _check_plain(obj: Any, where: str = "payload") -> None:
-    """Raise if ``obj`` holds anything but plain data (so saving can never write an unsafe file)."""
+def plain_data(obj: Any, where: str = "payload") -> Any:
+    """``obj`` as plain data (numpy scalars become Python numbers); a TypeError for anything else,
+    so saving can never write an unsafe file."""
     if isinstance(obj, _PLAIN):
-        return
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-        return
+        return type(obj)(plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj))
     if isinstance(obj, dict):
-        for k, v in obj.items():
+        for k in obj:
             if not isinstance(k, str):
                 raise TypeError(f"{where}: dict key {k!r} is not a string")
-            _check_plain(v, f"{where}.{k}")
-        return
+        return {k: plain_data(v, f"{where}.{k}") for k, v in obj.items()}
     raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}, not plain data")
+
+
+def write_plain(path: str | Path, doc: Any, kind: FileKind = PREDICTOR_FILE) -> Path:
+    """Pickle the plain data ``doc`` to ``path`` atomically; returns the path."""
+    data = pickle.dumps(plain_data(doc), protocol=4)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise kind.error(f"cannot write {kind.name} {path}: {e.strerror or e}") from None
+    return path
+
+
+def read_plain(path: str | Path, kind: FileKind = PREDICTOR_FILE) -> Any:
+    """Unpickle ``path`` with the restricted unpickler (plain data only)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise kind.error(f"cannot read {kind.name} {path}: {e.strerror or e}") from None
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except _Refused as e:
+        raise kind.error(kind.refused.format(path=path, name=e)) from None
+    except pickle.UnpicklingError as e:
+        raise kind.error(kind.corrupt.format(path=path, detail=f"corrupt pickle: {e}")) from None
+    except Exception as e:  # truncated/garbage bytes raise EOFError, ValueError, IndexError, ...
+        raise kind.error(kind.corrupt.format(path=path, detail=f"corrupt or not a pickle: "
+                                                               f"{type(e).__name__}")) from None
+
+
+# -- predictor files --------------------------------------------------------------------------------
+_REGISTRY: dict[str, type["BasePredictor"]] = {}
+
+
+def register_predictor(cls: type["BasePredictor"]) -> type["BasePredictor"]:
+    """Class decorator: make a predictor kind loadable from files by its ``kind`` name."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def predictor_class(kind: str) -> type["BasePredictor"]:
+    """The predictor class registered under ``kind`` (``lut``, ``gbdt``)."""
+    if kind not in _REGISTRY:
+        raise LatbenchError(f"unknown predictor kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[kind]
+
+
+def _is_predictor(obj: Any) -> bool:
+    """An instance of a registered predictor kind (what a predictor file can hold)."""
+    return isinstance(obj, tuple(_REGISTRY.values()))
 
 
 def to_payload(pred: BasePredictor) -> dict[str, Any]:
@@ -68,9 +146,8 @@ def to_payload(pred: BasePredictor) -> dict[str, Any]:
     fallback = getattr(pred, "fallback", None)
     payload = {"format": FORMAT, "version": VERSION, "kind": pred.kind, "params": pred._plain_params(),
                "base": pred._base_state(), "state": pred._state(),
-               "fallback": to_payload(fallback) if isinstance(fallback, BasePredictor) else None}
-    _check_plain(payload)
-    return payload
+               "fallback": to_payload(fallback) if _is_predictor(fallback) else None}
+    return plain_data(payload)
 
 
 def from_payload(payload: Any, source: str = "predictor file") -> BasePredictor:
@@ -101,38 +178,14 @@ def from_payload(payload: Any, source: str = "predictor file") -> BasePredictor:
 
 def save_predictor(pred: BasePredictor, path: str | Path) -> Path:
     """Write ``pred`` to ``path`` atomically; returns the path."""
-    if not isinstance(pred, BasePredictor):
+    if not _is_predictor(pred):
         raise LatbenchError(f"save_predictor needs a latbench predictor, got {type(pred).__name__}")
-    data = pickle.dumps(to_payload(pred), protocol=4)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise LatbenchError(f"cannot write predictor to {path}: {e.strerror or e}") from None
-    return path
+    return write_plain(path, to_payload(pred), PREDICTOR_FILE)
 
 
 def load_payload(path: str | Path) -> Any:
-    """Unpickle ``path`` with the restricted unpickler (plain data only)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PredictorFileError(f"cannot read predictor file {path}: {e.strerror or e}") from None
-    try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
-    except _Refused as e:
-        raise PredictorFileError(
-            f"refusing to load {path}: it references Python object {e} (latbench predictor files hold "
-            "plain data only, so this one is foreign or crafted to run code)") from None
-    except pickle.UnpicklingError as e:
-        raise PredictorFileError(f"{path} is not a latbench predictor file (corrupt pickle: {e})") from None
-    except Exception as e:  # truncated/garbage bytes raise EOFError, ValueError, IndexError, ...
-        raise PredictorFileError(f"{path} is not a latbench predictor file (corrupt or not a pickle: "
-                                 f"{type(e).__name__})") from None
+    """Unpickle a predictor file with the restricted unpickler (plain data only)."""
+    return read_plain(path, PREDICTOR_FILE)
 
 
 def load_predictor(path: str | Path) -> BasePredictor:

@@ -14,7 +14,9 @@ import yaml
 
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec
-from predictors.base import BasePredictor, OpData, check_latency, register_predictor
+from predictors.base import BasePredictor
+from predictors.data import OpData, check_latency
+from predictors.io import register_predictor
 
 
 @register_predictor

@@ -1,7 +1,8 @@
 """The predictor's latencies as tensors the search can differentiate through.
 
-A predictor (see ``predictors``) gives, for its deployment space, one ``{candidate: ms}`` dict per
-searchable layer and the fixed layers' ms. :class:`LatencyModel` turns that into per-layer
+The search depends on predictors only through :class:`LatencyPredictor`, the few methods it calls
+(``predictors.LUTPredictor`` and ``GBDTPredictor`` implement it): for its deployment space, one
+``{candidate: ms}`` dict per searchable layer and the fixed layers' ms. :class:`LatencyModel` turns that into per-layer
 vectors aligned with the supernet's candidates, so E[LAT] = fixed + Σ_l p_l · lat_l is one
 dot product per layer. The latency is always that of the deployment space (e.g. 224×224, 1000
 classes), whatever resolution the training data has: only the layer choices are shared.
@@ -9,18 +10,40 @@ classes), whatever resolution the training data has: only the layer choices are 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
 from latbench.errors import ConfigError, LatbenchError
+from latbench.features import op_features
 from latbench.space import Arch, Space
+
+
+@runtime_checkable
+class LatencyPredictor(Protocol):
+    """What the search needs of a latency predictor."""
+
+    def deployment_space(self) -> Space:
+        """The space whose latencies the predictor gives (resolution, width, classes)."""
+        ...
+
+    def layer_latencies(self, space: Space) -> list[dict[str, float]]:
+        """Per searchable layer of ``space``: candidate name -> ms (``zero`` -> 0)."""
+        ...
+
+    def fixed_latency(self, space: Space) -> float:
+        """ms of the layers every architecture of ``space`` has (stem, feature mix, logits)."""
+        ...
+
+    def predict(self, archs: Arch) -> float:
+        """ms of one architecture."""
+        ...
 
 
 class LatencyModel:
     """Per-layer candidate latencies (ms) of ``predictor`` at its deployment space."""
 
-    def __init__(self, predictor: Any, train_space: Space | None = None) -> None:
+    def __init__(self, predictor: LatencyPredictor, train_space: Space | None = None) -> None:
         self.predictor = predictor
         self.space: Space = predictor.deployment_space()
         if train_space is not None:
@@ -82,42 +105,7 @@ def check_same_choices(a: Space, b: Space) -> None:
                           f"(width {b.width_mult}) have different layer choices; use the predictor's width")
 
 
-class TablePredictor:
-    """A minimal predictor from ``{op_key: ms}`` implementing the protocol the search uses
-    (``deployment_space``, ``layer_latencies``, ``fixed_latency``, ``predict``).
-
-    For tests and benchmarks; the project's real predictors live in ``predictors``."""
-
-    def __init__(self, latencies: Mapping[str, float], resolution: int = 224, width_mult: float = 1.0,
-                 n_classes: int = 1000) -> None:
-        self.latencies_ = dict(latencies)
-        self.space_ = Space(resolution, width_mult, n_classes)
-
-    def _ms(self, key: str) -> float:
-        try:
-            return float(self.latencies_[key])
-        except KeyError:
-            raise LatbenchError(f"no latency for op {key}; profile it first") from None
-
-    def deployment_space(self) -> Space:
-        return self.space_
-
-    def layer_latencies(self, space: Space) -> list[dict[str, float]]:
-        return [{c: (0.0 if op is None else self._ms(op.key)) for c, op in zip(layer.candidates, row)}
-                for layer, row in zip(space.layers, space.candidate_ops())]
-
-    def fixed_latency(self, space: Space) -> float:
-        return sum(self._ms(op.key) for op in space.fixed_ops)
-
-    def predict(self, arch: Arch | Sequence[Arch]):
-        if isinstance(arch, Arch):
-            return sum(self._ms(op.key) for op in arch.op_specs)
-        import numpy as np
-        return np.array([self.predict(a) for a in arch])
-
-
 def flops_latencies(space: Space, ms_per_gflop: float = 10.0, overhead_ms: float = 0.02) -> dict[str, float]:
-    """Synthetic op latencies from FLOPs (for tests/benchmarks without a profiled device)."""
-    from latbench.features import op_features
-
+    """Synthetic op latencies from FLOPs (for tests/benchmarks without a profiled device);
+    ``predictors.LUTPredictor.from_latencies`` turns them into a predictor."""
     return {op.key: overhead_ms + ms_per_gflop * op_features(op)["flops"] / 1e9 for op in space.distinct_ops()}

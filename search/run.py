@@ -14,11 +14,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from latbench.campaign import measure_archs
 from latbench.errors import LatbenchError
 from latbench.space import Arch
+from predictors import load_predictor
 from search.losses import LOSS_FORMS
+
+if TYPE_CHECKING:  # search.latency imports torch, which run() defers
+    from search.latency import LatencyPredictor
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +79,8 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     return p
 
 
-def load_predictor_file(path: str | Path) -> Any:
+def load_predictor_file(path: str | Path) -> LatencyPredictor:
     """The predictor saved at ``path`` (the ``predictors`` package's safe loader)."""
-    try:
-        from predictors import load_predictor
-    except ImportError as e:
-        raise LatbenchError(f"the 'predictors' package is not importable ({e}); install latbench") from None
     if not Path(path).exists():
         raise LatbenchError(f"--predictor {path}: no such file; make one with 'latbench fit-predictor'")
     return load_predictor(path)
@@ -87,10 +88,6 @@ def load_predictor_file(path: str | Path) -> Any:
 
 def measure(arch: Arch, device: str, out_dir: Path) -> float:
     """Median latency (ms) of ``arch`` on ``device`` through the project's profiling path."""
-    try:
-        from latbench.campaign import measure_archs
-    except ImportError as e:
-        raise LatbenchError(f"--measure needs latbench.campaign.measure_archs, which is not available ({e})") from None
     df = measure_archs([arch], device, out_dir)
     if len(df) == 0 or "median_ms" not in df.columns:
         raise LatbenchError(f"--measure: no measurement came back for the derived net on {device}")
@@ -102,6 +99,8 @@ def measure(arch: Arch, device: str, out_dir: Path) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the search described by parsed ``args``; returns the summary (also OUT/summary.json)."""
+    # Deferred: torch (and search.data/search.trainer, which import it) take seconds to import;
+    # `--help` and argument errors stay instant.
     import torch
 
     from search.data import load_dataset

@@ -24,7 +24,7 @@ from torch import nn
 from latbench.errors import ConfigError, LatbenchError
 from latbench.space import Arch, Space
 from search.data import Dataset, Split
-from search.latency import LatencyModel
+from search.latency import LatencyModel, LatencyPredictor
 from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, reinforce_reward
 from search.supernet import Supernet
 
@@ -136,7 +136,8 @@ class ProxylessSearch:
 
     ``out`` (optional) receives ``log.csv`` and ``checkpoint.pt`` after every epoch."""
 
-    def __init__(self, config: SearchConfig, predictor: Any, data: Dataset, out: str | Path | None = None) -> None:
+    def __init__(self, config: SearchConfig, predictor: LatencyPredictor, data: Dataset,
+                 out: str | Path | None = None) -> None:
         self.config = config
         self.data = data
         self.out = Path(out) if out is not None else None

@@ -18,10 +18,11 @@ from scipy import stats
 
 from latbench import paths
 from latbench.adapt import (AdaptError, ProxyAdapter, adaptation_curve, check_k, data_from_wide, load_adapter,
-                            nb201_features, parse_nb201, save_adapter, summarize)
+                            save_adapter, summarize)
 from latbench.analysis import (AnalysisError, bootstrap_spearman, load_matrix, rank_correlations,
                                wide_to_matrix)
 from latbench.cli import main
+from latbench.nasbench201 import NB201_FEATURE_NAMES, nb201_features, parse_nb201
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "help_nb201_sample.csv"
@@ -207,7 +208,7 @@ def test_monotonicity_cli_errors_are_one_line(capsys, argv, message):
 def test_nb201_features():
     cell = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
     assert parse_nb201(cell) == ["nor_conv_3x3", "none", "none", "skip_connect", "none", "avg_pool_3x3"]
-    f = dict(zip(__import__("latbench.adapt", fromlist=["x"]).NB201_FEATURE_NAMES, nb201_features(cell)))
+    f = dict(zip(NB201_FEATURE_NAMES, nb201_features(cell)))
     assert f["count_none"] == 3 and f["count_nor_conv_3x3"] == 1
     # Node 2 gets no input, so its avg_pool and node 1's conv are dead; only the skip 0→3 lives.
     assert f["live_skip_connect"] == 1 and f["live_nor_conv_3x3"] == 0 and f["live_avg_pool_3x3"] == 0

@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _data_from_predictor(args: argparse.Namespace):
     from latbench.adapt import AdaptData, AdaptError, features_for
     from latbench.analysis import is_long, read_any
+    from latbench.tables import ok_mask
 
     try:
         from predictors import load_predictor
@@ -62,8 +63,7 @@ def _data_from_predictor(args: argparse.Namespace):
         if target not in devices:
             raise AdaptError(f"target device {target!r} missing from {args.samples}; it has {', '.join(devices)}")
         df = df[df["device"].astype(str) == target]
-        if "status" in df.columns:
-            df = df[df["status"].fillna("ok") == "ok"]
+        df = df[ok_mask(df)]
         y = df["median_ms"].to_numpy(dtype=float)
     else:
         if not args.target:
