@@ -19,6 +19,7 @@ from latbench.campaign import Job
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.facts import host_facts, versions
+from latbench.settings import runtime_only
 from latbench.tables import TableStore, table_path
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def tvm_importable() -> bool:
     """Whether the full ``tvm`` package imports here (False on runtime-only hosts or when forced)."""
-    if os.environ.get("LATBENCH_RUNTIME_ONLY", "") not in ("", "0"):
+    if runtime_only():
         return False
     try:
         import tvm  # noqa: F401

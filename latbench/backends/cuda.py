@@ -30,6 +30,7 @@ from typing import Any
 
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.settings import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ DRIVER_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cu
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # 0xBA55ED50, little-endian, starts every fatbin
 NVCC_CANDIDATES = ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
 BUILD_TIMEOUT_S = 900
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LATBENCH_CACHE") or Path.home() / ".cache" / "latbench")
 
 
 def find_nvcc() -> str:
@@ -84,7 +81,7 @@ def stub_libcuda(cache: Path | None = None) -> Path:
     """Directory holding a stub ``libcuda.so.1`` (built with gcc once, then reused)."""
     syms = driver_symbols()
     tag = hashlib.sha256(" ".join(syms).encode()).hexdigest()[:12]  # a new TVM may import other symbols
-    d = (cache or _cache_root()) / "cuda-stub" / tag
+    d = (cache or cache_root()) / "cuda-stub" / tag
     so = d / "libcuda.so.1"
     if so.exists():
         return d
