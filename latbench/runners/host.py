@@ -127,8 +127,7 @@ class HostRunner:
         from latbench.progress import bar
 
         timing = self.device.timing
-        tdict = {k: getattr(timing, k) for k in ("number", "repeat", "min_repeat_ms", "warmup", "cooldown_ms",
-                                                 "op_timeout")}
+        tdict = timing.model_dump()
         with bar(total=len(items), desc=f"measure {self.backend.name}", enabled=progress) as pbar:
             for key, art in items:
                 meta = art.meta()
