@@ -44,6 +44,7 @@ import copy
 import json
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -78,7 +79,8 @@ DEFAULT_PORTS: dict[str, int] = {"local": 0, "direct": 9090, "tracker": 9190}
 
 
 def _package_configs() -> Path:
-    return Path(__file__).resolve().parent.parent / "device_configs"
+    """The device YAMLs shipped inside the package (``latbench/device_configs/``)."""
+    return Path(str(resources.files("latbench") / "device_configs"))
 
 
 def config_dirs() -> list[Path]:
