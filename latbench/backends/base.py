@@ -64,11 +64,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for mod in BACKEND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a backend module not written / not installed yet
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True
 
 

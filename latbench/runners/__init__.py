@@ -19,12 +19,8 @@ def make_runner(device: Device, backend: Any) -> Any:
 
         return HostRunner(device, backend)
     if device.rpc.mode == "tracker":
-        try:
-            from latbench.runners.pool import PoolRunner
-        except ModuleNotFoundError:  # the pool is optional; one session through the tracker works too
-            from latbench.runners.session import SessionRunner
+        from latbench.runners.pool import PoolRunner
 
-            return SessionRunner(device)
         return PoolRunner(device)
     from latbench.runners.session import SessionRunner
 
