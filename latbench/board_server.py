@@ -69,7 +69,8 @@ def load_runtime(cuda: bool = False):
     try:
         import tvm_ffi
     except ImportError as exc:
-        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or pip install apache-tvm-ffi")
+        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or "
+                         "pip install apache-tvm-ffi") from None
     libdir = find_runtime_dir()
     names = RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ())
     for name in names:

@@ -17,11 +17,12 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,11 +52,11 @@ class Job:
     arch: dict | None = None
 
     @staticmethod
-    def op(op: OpSpec) -> "Job":
+    def op(op: OpSpec) -> Job:
         return Job(op.key, "ops")
 
     @staticmethod
-    def network(arch: Arch) -> "Job":
+    def network(arch: Arch) -> Job:
         return Job(arch.key, "archs", arch.to_dict())
 
     def describe(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -379,7 +379,7 @@ def load_device_file(path: str | Path) -> Device:
     return device_from_dict(data, str(path), default_name=path.stem)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scan(dirs: tuple[Path, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in dirs:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ _CAND_COL: dict[str, int] = {name: i for i, name in enumerate(CANDIDATE_NAMES)}
 #: Width multipliers tried when inferring the deployment space from a table's keys.
 _WIDTHS = (1.0, 0.35, 0.5, 0.75, 0.9, 1.1, 1.25, 1.3, 1.4, 1.5, 2.0)
 
-_REGISTRY: dict[str, type["BasePredictor"]] = {}
+_REGISTRY: dict[str, type[BasePredictor]] = {}
 
 
 class NotFittedError(LatbenchError, ValueError):
@@ -51,13 +52,13 @@ class MissingOpError(LatbenchError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_predictor(cls: type["BasePredictor"]) -> type["BasePredictor"]:
+def register_predictor(cls: type[BasePredictor]) -> type[BasePredictor]:
     """Class decorator: make a predictor kind loadable from files by its ``kind`` name."""
     _REGISTRY[cls.kind] = cls
     return cls
 
 
-def predictor_class(kind: str) -> type["BasePredictor"]:
+def predictor_class(kind: str) -> type[BasePredictor]:
     """The predictor class registered under ``kind`` (``lut``, ``gbdt``)."""
     if kind not in _REGISTRY:
         raise LatbenchError(f"unknown predictor kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
@@ -235,7 +236,7 @@ class BasePredictor:
         """The constructor parameters (as scikit-learn's ``get_params``)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> "BasePredictor":
+    def set_params(self, **params: Any) -> BasePredictor:
         """Set constructor parameters; unknown names are an error."""
         valid = set(self._param_names())
         for k, v in params.items():
@@ -257,7 +258,7 @@ class BasePredictor:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first "
                                  "(or load a fitted one with predictors.load_predictor)")
 
-    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> "BasePredictor":
+    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> BasePredictor:
         """Fit on op tables (paths, a DataFrame, a list of them) or on ``(ops, ms)``.
 
         Keyword ``resolution``/``width_mult``/``n_classes`` override the inferred deployment space.
@@ -427,7 +428,7 @@ class BasePredictor:
 
     # -- calibration ----------------------------------------------------------------------------------
     def fit_calibration(self, archs: Sequence[Any], measured_ms: Sequence[float],
-                        mode: str = "auto") -> "BasePredictor":
+                        mode: str = "auto") -> BasePredictor:
         """Learn ``measured ≈ scale * Σops + offset`` from measured whole networks.
 
         Both fits are robust to a few outliers (a network timed while the machine was busy):

@@ -9,7 +9,8 @@ classes), whatever resolution the training data has: only the layer choices are 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -29,7 +29,7 @@ BACKEND_MODULES: tuple[str, ...] = (
 #: The backend ``latbench measure`` uses when none is given.
 DEFAULT_BACKEND = "tvm"
 
-_REGISTRY: dict[str, type["Backend"]] = {}
+_REGISTRY: dict[str, type[Backend]] = {}
 _loaded = False
 
 

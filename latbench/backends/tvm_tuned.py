@@ -21,8 +21,9 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from latbench.backends.base import register_backend
 from latbench.backends.tvm import TVMBackend

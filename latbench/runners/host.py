@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class HostRunner:
             kill_group(self.proc, grace=2.0)
             self.proc = None
 
-    def __enter__(self) -> "HostRunner":
+    def __enter__(self) -> HostRunner:
         return self
 
     def __exit__(self, *exc: Any) -> None:

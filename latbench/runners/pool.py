@@ -16,8 +16,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from latbench.artifacts import Artifact
 from latbench.devices import Device
@@ -55,7 +56,7 @@ def request_server(host: str, port: int, key: str, timeout: float) -> tuple[str,
                 raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
             _sendjson(s, [CODE_REQUEST, key, "", 1])
             reply = _recvjson(s)
-    except socket.timeout:
+    except TimeoutError:
         raise RPCTimeout(f"no free '{key}' server from tracker {host}:{port} within {timeout:g} s") from None
     except DeviceError:
         raise
@@ -85,7 +86,7 @@ class PoolRunner:
         self.device = device
         self.rpc = device.rpc
         self._lock = threading.Lock()
-        self._queue: "queue.Queue[_Item]" = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()  # wakes the supervisor: all done, or a worker retired
         self._workers: dict[int, threading.Thread] = {}
@@ -95,7 +96,7 @@ class PoolRunner:
         self.stats: dict[str, int] = {"requeued": 0, "sessions": 0}
 
     # -- context manager ------------------------------------------------------------------------
-    def __enter__(self) -> "PoolRunner":
+    def __enter__(self) -> PoolRunner:
         self._check_tracker()
         return self
 

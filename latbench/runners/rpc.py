@@ -17,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -135,7 +136,7 @@ class LocalRPCServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "LocalRPCServer":
+    def start(self) -> LocalRPCServer:
         if self.requested_port:
             if not port_is_free(self.host, self.requested_port):
                 raise DeviceError(
@@ -212,7 +213,7 @@ class LocalRPCServer:
         if self.log_path and self.log_path.exists():
             self.log_path.unlink()
 
-    def __enter__(self) -> "LocalRPCServer":
+    def __enter__(self) -> LocalRPCServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -332,7 +333,8 @@ def time_library(remote: Any, lib_path: Path, x: np.ndarray, timing: Timing, is_
     out = {}
     if expected is not None:
         y = vm["main"](xt).numpy()
-        out["max_abs_err"] = float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape else float("inf")
+        out["max_abs_err"] = (float(np.max(np.abs(y.astype(np.float64) - expected))) if y.shape == expected.shape
+                              else float("inf"))
     if timing.warmup:
         vm.time_evaluator("main", dev, number=timing.warmup, repeat=1)(xt)
     res = vm.time_evaluator("main", dev, number=timing.number, repeat=timing.repeat,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class SessionRunner:
     def close(self) -> None:
         self.reset()
 
-    def __enter__(self) -> "SessionRunner":
+    def __enter__(self) -> SessionRunner:
         self.connect()
         return self
 
