@@ -46,7 +46,7 @@ import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, cast, get_args, get_origin
 
 import annotated_types
 import yaml
@@ -54,6 +54,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       model_validator)
 from pydantic._internal._model_construction import ModelMetaclass
 from pydantic_core import PydanticCustomError
+from typing_extensions import Self
 
 from latbench import settings
 from latbench.errors import ConfigError
@@ -129,7 +130,7 @@ class _ConfigMeta(ModelMetaclass):
         try:
             return super().__call__(*args, **kwargs)
         except ValidationError as e:
-            raise config_error(e, f"<{cls.__name__}>", cls) from None
+            raise config_error(e, f"<{cls.__name__}>", cast("type[BaseModel]", cls)) from None
 
 
 class _Config(BaseModel, metaclass=_ConfigMeta):
@@ -137,7 +138,7 @@ class _Config(BaseModel, metaclass=_ConfigMeta):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def replace(self, **changes: Any) -> Any:
+    def replace(self, **changes: Any) -> Self:
         """A validated copy with some fields changed (like :func:`dataclasses.replace`)."""
         return type(self)(**{**dict(self), **changes})
 
@@ -326,7 +327,8 @@ def config_error(e: ValidationError, source: str, model: type[BaseModel] = Devic
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     # walk the models down the location (a field of a nested config names its section: 'timing.repeat')
-    prefix = {RPCConfig: "rpc.", Timing: "timing.", SSHConfig: "ssh."}.get(model, "") if model is not Device else ""
+    sections: dict[type[BaseModel], str] = {RPCConfig: "rpc.", Timing: "timing.", SSHConfig: "ssh."}
+    prefix = sections.get(model, "")
     owner: type[BaseModel] = model
     for part in loc[:-1]:
         sub = _unoptional(owner.model_fields[part].annotation) if part in owner.model_fields else None
