@@ -166,7 +166,8 @@ def report(keys: list[str], backends: list[str], rows: dict, wall: dict) -> None
         return r.get("median_ms") if r else None
 
     print("\nmedian latency per op (ms), threads as above")
-    print(f"{'op':<82}" + "".join(f"{b:>13}" for b in backends) + ("  tvm/torch" if {"tvm", "torch"} <= set(backends) else ""))
+    print(f"{'op':<82}" + "".join(f"{b:>13}" for b in backends)
+          + ("  tvm/torch" if {"tvm", "torch"} <= set(backends) else ""))
     ratios = []
     for k in keys:
         cells = "".join(f"{ms(b, k):>13.3f}" if ms(b, k) is not None else f"{'-':>13}" for b in backends)
@@ -207,7 +208,8 @@ def report(keys: list[str], backends: list[str], rows: dict, wall: dict) -> None
         for b in backends[i + 1:]:
             common = [k for k in keys if ms(a, k) and ms(b, k)]
             if len(common) >= 3:
-                print(f"  {a:>12} vs {b:<12} rho = {spearman([ms(a, k) for k in common], [ms(b, k) for k in common]):.3f}"
+                rho = spearman([ms(a, k) for k in common], [ms(b, k) for k in common])
+                print(f"  {a:>12} vs {b:<12} rho = {rho:.3f}"
                       f"  ({len(common)} ops)")
 
 

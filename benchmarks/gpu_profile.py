@@ -43,7 +43,7 @@ def gpu_or_exit() -> tuple[str, tuple[int, int]]:
         import torch
     except ImportError:
         print("gpu_profile: torch is not installed; install a CUDA build of torch on the GPU host", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if not torch.cuda.is_available():
         print("gpu_profile: no CUDA GPU on this host (torch.cuda.is_available() is False); run it on a GPU server",
               file=sys.stderr)

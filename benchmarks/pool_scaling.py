@@ -21,7 +21,6 @@ import argparse
 import os
 import threading
 import time
-from pathlib import Path
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def main() -> None:
                     "archs": args.archs, "timing": device.timing.__dict__ if hasattr(device.timing, "__dict__") else {},
                     "host": host_facts(), "settings": {}}
     print(f"\n{device.name} ({be}), {len(jobs) - args.archs} ops + {args.archs} networks at {args.resolution}, "
-          f"{args.campaigns} campaigns per setting, interleaved; load {min(l for l, _ in loads):.2f}–"
+          f"{args.campaigns} campaigns per setting, interleaved; load {min(a for a, _ in loads):.2f}–"
           f"{max(max(a, b) for a, b in loads):.2f} on {os.cpu_count()} CPUs")
     print(f"{'setting':<12}{'what':<7}{'n':>4}{'CV median %':>13}{'p95 %':>8}{'max %':>8}{'wall s (min–max)':>20}"
           f"{'unstable':>10}{'rejected %':>12}")

@@ -50,7 +50,7 @@ def measure(archs, device: str, out: Path) -> list[float]:
     try:
         from latbench.campaign import measure_archs
     except ImportError as e:
-        raise SystemExit(f"--measure needs latbench.campaign.measure_archs ({e})")
+        raise SystemExit(f"--measure needs latbench.campaign.measure_archs ({e})") from None
     df = measure_archs(list(archs), device, out)
     by_key = {r["key"]: (float(r["median_ms"]) if r.get("status", "ok") == "ok" else float("nan"))
               for r in df.to_dict("records")}

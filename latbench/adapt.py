@@ -29,7 +29,8 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,7 @@ class ProxyAdapter:
         if self.residual not in RESIDUALS:
             raise AdaptError(f"unknown residual model {self.residual!r}; use one of {', '.join(RESIDUALS)}")
 
-    def fit(self, proxy_ms: np.ndarray, target_ms: np.ndarray, features: np.ndarray | None = None) -> "ProxyAdapter":
+    def fit(self, proxy_ms: np.ndarray, target_ms: np.ndarray, features: np.ndarray | None = None) -> ProxyAdapter:
         """Fit from k pairs (proxy latency, measured target latency) and the entries' features."""
         self._check()
         p = np.asarray(proxy_ms, dtype=float)
@@ -249,7 +250,7 @@ class ProxyAdapter:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "ProxyAdapter":
+    def from_state(cls, state: dict[str, Any]) -> ProxyAdapter:
         """Rebuild a fitted adapter from :meth:`get_state` data."""
         try:
             self = cls(**state["params"])
@@ -278,9 +279,11 @@ def load_adapter(path: str | Path) -> tuple[ProxyAdapter, dict[str, Any]]:
     """Read an adapter file written by :func:`save_adapter`; returns ``(adapter, meta)``."""
     doc = read_plain(path, ADAPTER_FILE)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise AdaptError(f"{path} is not a latbench adapter file (format {doc.get('format') if isinstance(doc, dict) else '?'})")
+        fmt = doc.get("format") if isinstance(doc, dict) else "?"
+        raise AdaptError(f"{path} is not a latbench adapter file (format {fmt})")
     if doc.get("version") != FORMAT_VERSION:
-        raise AdaptError(f"{path}: adapter file version {doc.get('version')} is not supported (expected {FORMAT_VERSION})")
+        raise AdaptError(f"{path}: adapter file version {doc.get('version')} is not supported "
+                         f"(expected {FORMAT_VERSION})")
     return ProxyAdapter.from_state(doc["state"]), doc.get("meta", {})
 
 
@@ -331,7 +334,7 @@ class AdaptData:
 
     @classmethod
     def build(cls, ids: Sequence[str], proxy: Sequence[float], target: Sequence[float],
-              features: np.ndarray | None, proxy_name: str = "proxy", target_name: str = "target") -> "AdaptData":
+              features: np.ndarray | None, proxy_name: str = "proxy", target_name: str = "target") -> AdaptData:
         """Keep only entries with a finite positive latency on both sides."""
         p, t = np.asarray(proxy, dtype=float), np.asarray(target, dtype=float)
         ok = np.isfinite(p) & (p > 0) & np.isfinite(t) & (t > 0)
@@ -436,7 +439,8 @@ def data_from_wide(matrix: pd.DataFrame, proxy: str, target: str,
     the "proxy predictor" (a lookup). Features come from the ids when they are NB-201 cells."""
     for name, role in ((proxy, "proxy"), (target, "target")):
         if name not in matrix.columns:
-            raise AdaptError(f"{role} device column {name!r} missing; columns are: {', '.join(map(str, matrix.columns))}")
+            cols = ", ".join(map(str, matrix.columns))
+            raise AdaptError(f"{role} device column {name!r} missing; columns are: {cols}")
     if proxy == target:
         raise AdaptError(f"proxy and target are the same column {proxy!r}; pick two devices")
     ids = np.asarray(matrix.index.astype(str))

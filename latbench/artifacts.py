@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.errors import LatbenchError
+from latbench.settings import cache_root
 
 #: Bump when the way artifacts are built changes (invalidates every cache entry).
 BUILD_FORMAT = 1
@@ -29,8 +30,8 @@ MANIFEST = "manifest.json"
 
 
 def default_cache_dir() -> Path:
-    """``$LATBENCH_CACHE`` or ``~/.cache/latbench``."""
-    return Path(os.environ.get("LATBENCH_CACHE") or Path.home() / ".cache" / "latbench")
+    """``$LATBENCH_CACHE`` or ``~/.cache/latbench`` (:func:`latbench.settings.cache_root`)."""
+    return cache_root()
 
 
 def artifact_id(key: str, backend: str, settings: dict[str, Any], target_json: str,

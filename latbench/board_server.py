@@ -69,12 +69,23 @@ def load_runtime(cuda: bool = False):
     try:
         import tvm_ffi
     except ImportError as exc:
-        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or pip install apache-tvm-ffi")
+        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or "
+                         "pip install apache-tvm-ffi") from None
     libdir = find_runtime_dir()
     names = RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ())
     for name in names:
         ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
     return tvm_ffi
+
+
+def _sibling(name: str):
+    """A module shipped beside this file (in latbench's package or in a bundle)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_latbench_board_{name}", Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # -- protocol helpers ------------------------------------------------------------------------------
@@ -200,6 +211,12 @@ def serve_session(tvm_ffi, conn: socket.socket, addr, opts: dict, work_root: str
             @tvm_ffi.register_global_func("tvm.rpc.server.load_module", override=True)
             def load_module(name):
                 return tvm_ffi.load_module(os.path.join(work, name))
+
+            conditions = _sibling("conditions")  # the board's load, clock, temperature, throttling
+
+            @tvm_ffi.register_global_func(conditions.RPC_FUNCTION, override=True)
+            def read_conditions():
+                return conditions.read_json()
 
             tvm_ffi.get_global_func("rpc.ServerLoop")(conn.fileno())
         except BaseException as exc:  # noqa: BLE001 - report, then leave the child without cleanup handlers

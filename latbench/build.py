@@ -12,7 +12,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -169,7 +170,8 @@ class ManifestSource:
         if manifest.get("target") != target:
             raise LatbenchError(
                 f"artifacts in {self.root} were built for target {manifest.get('target')} but device "
-                f"{self.device.name!r} has target {target}; rebuild with `latbench compile --target {self.device.name}`")
+                f"{self.device.name!r} has target {target}; rebuild with "
+                f"`latbench compile --target {self.device.name}`")
         by_key = {e["key"]: (e, a) for e, a in entries}
         arts = {j.key: by_key[j.key][1] for j in jobs if j.key in by_key and by_key[j.key][0].get("status") == "ok"}
         errors = {j.key: str(by_key[j.key][0].get("error", "not built")) for j in jobs

@@ -21,7 +21,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
@@ -212,7 +213,8 @@ class Campaign:
             row["tolerance"] = vs[-1].get("tolerance")
             write(k, row)
         self.summary = rounds.campaign_summary(good, floors, plan)
-        self.summary["unstable"] = sum(bool(rounds.summarize_item(vs, floors, plan)["unstable"]) for vs in good.values())
+        self.summary["unstable"] = sum(bool(rounds.summarize_item(vs, floors, plan)["unstable"])
+                                       for vs in good.values())
         self.summary["errors"] = len(errors)
         self._warn(good)
         log.info(self.summary_line())

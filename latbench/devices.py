@@ -36,20 +36,28 @@ Schema (every field but ``name`` and ``target`` has a default)::
                                       # also: known_hosts, host_key_policy (reject | accept-new | warn),
                                       # password_env (env var with the password), connect_timeout, python, workdir
 
-Errors name the file, the field and what was expected.
+Every default is written once, in the pydantic models below. Errors are one line naming the file,
+the dotted field (``timing.repeat``) and what was expected.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
-from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, cast, get_args, get_origin
 
+import annotated_types
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator,
+                      model_validator)
+from pydantic._internal._model_construction import ModelMetaclass
+from pydantic_core import PydanticCustomError
+from typing_extensions import Self
 
+from latbench import settings
 from latbench.errors import ConfigError
 
 #: The embedded default device: this machine's CPU through a local RPC server.
@@ -61,18 +69,26 @@ LOCAL_CPU: dict[str, Any] = {
     "rpc": {"mode": "local"},
 }
 
-RPC_MODES = ("local", "direct", "tracker")
+#: How a device's TVM RPC server is reached: a server latbench starts here, a server at host:port, or
+#: the servers registered with an RPC tracker under a key.
+RPCMode = Literal["local", "direct", "tracker"]
+RPC_MODES: tuple[str, ...] = get_args(RPCMode)
+#: What SSH does with an unknown host key (as OpenSSH's StrictHostKeyChecking yes / accept-new / no).
+HostKeyPolicy = Literal["reject", "accept-new", "warn"]
+HOST_KEY_POLICIES: tuple[str, ...] = get_args(HostKeyPolicy)
+#: The default RPC port of each mode (local: any free port).
+DEFAULT_PORTS: dict[str, int] = {"local": 0, "direct": 9090, "tracker": 9190}
 
 
 def _package_configs() -> Path:
-    return Path(__file__).resolve().parent.parent / "device_configs"
+    """The device YAMLs shipped inside the package (``latbench/device_configs/``)."""
+    return Path(str(resources.files("latbench") / "device_configs"))
 
 
 def config_dirs() -> list[Path]:
-    """Where device YAMLs are looked up: ``$LATBENCH_DEVICE_CONFIGS`` (``:``-separated), ``./device_configs``,
-    and the repository's ``device_configs/``."""
-    dirs = [Path(p) for p in os.environ.get("LATBENCH_DEVICE_CONFIGS", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "device_configs", _package_configs()]
+    """Where device YAMLs are looked up, first match wins: ``$LATBENCH_DEVICE_CONFIGS`` (``:``-separated),
+    ``./device_configs``, and the configs shipped with the package."""
+    dirs = settings.device_config_dirs() + [Path.cwd() / "device_configs", _package_configs()]
     out: list[Path] = []
     for d in dirs:
         if d.resolve() not in [o.resolve() for o in out]:
@@ -80,73 +96,165 @@ def config_dirs() -> list[Path]:
     return out
 
 
-@dataclass(frozen=True)
-class Timing:
-    """How one op is timed (TVM time_evaluator settings plus warm-up and a per-op timeout)."""
-
-    number: int = 1
-    repeat: int = 15
-    min_repeat_ms: int = 40
-    warmup: int = 3
-    cooldown_ms: int = 0
-    op_timeout: float = 120.0
-    rounds: int = 5
-    ci_target: float = 0.02
-    max_visits: int = 0
-    burst_threshold: float = 0.10
-    reference: bool = True
-    seed: int = 0
+# -- field types: YAML scalars are taken as written (no "3" → 3, no true → 1) --------------------
+def _integer(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise PydanticCustomError("latbench_type", "not an integer")
+    return int(v)
 
 
-@dataclass(frozen=True)
-class RPCConfig:
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PydanticCustomError("latbench_type", "not a number")
+    return float(v)
+
+
+def _string(v: Any) -> Any:
+    if not isinstance(v, str) or not v:
+        raise PydanticCustomError("latbench_type", "not a non-empty string")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+Float = Annotated[float, BeforeValidator(_number)]
+Str = Annotated[str, BeforeValidator(_string)]
+
+
+def _fail(message: str) -> PydanticCustomError:
+    """A validation error whose message (after ``<source>: ``) is exactly ``message``."""
+    return PydanticCustomError("latbench", "{message}", {"message": message})
+
+
+class _ConfigMeta(ModelMetaclass):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        # keyword construction (``Timing(repeat=3)``) reports like a YAML; nested validation never gets here
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as e:
+            raise config_error(e, f"<{cls.__name__}>", cast("type[BaseModel]", cls)) from None
+
+
+class _Config(BaseModel, metaclass=_ConfigMeta):
+    """Frozen, validated, no unknown fields; keyword construction raises :class:`ConfigError`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def replace(self, **changes: Any) -> Self:
+        """A validated copy with some fields changed (like :func:`dataclasses.replace`)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+class Timing(_Config):
+    """How one op is timed (TVM time_evaluator settings plus warm-up, a per-op timeout and the
+    measurement protocol's rounds)."""
+
+    number: Int = Field(1, ge=1)  # runs per repeat (TVM raises it to reach min_repeat_ms)
+    repeat: Int = Field(15, ge=1)  # repeats; statistics are over these
+    min_repeat_ms: Int = Field(40, ge=0)
+    warmup: Int = Field(3, ge=0)  # untimed runs before timing
+    cooldown_ms: Int = Field(0, ge=0)
+    op_timeout: Float = Field(120.0, ge=1)  # s; one op's timing may not take longer
+    rounds: Int = Field(5, ge=1)  # interleaved rounds (latbench.rounds); a visit times ceil(repeat / rounds)
+    ci_target: Float = Field(0.02, gt=0, lt=1)  # more visits while the CI half-width / median is above this
+    max_visits: Int = Field(0, ge=0)  # cap on visits per item; 0 means 3 * rounds
+    burst_threshold: Float = Field(0.10, gt=0)  # a visit whose reference ran this much slower is rejected
+    reference: StrictBool = True  # time the reference op between visits
+    seed: Int = Field(0, ge=0)  # seed of the visit order
+
+
+class RPCConfig(_Config):
     """How to reach the device's TVM RPC server."""
 
-    mode: str = "local"
-    host: str = "127.0.0.1"
-    port: int = 0
-    key: str | None = None
-    session_timeout: float = 600.0
-    connect_timeout: float = 20.0
+    mode: RPCMode = "local"
+    host: Str = "127.0.0.1"  # direct: the RPC server; tracker: the tracker
+    port: Int = Field(DEFAULT_PORTS["local"], ge=0, le=65535, json_schema_extra={"expected": "a TCP port (0-65535)"})
+    key: Str | None = None  # tracker only: the device key servers register under
+    session_timeout: Float = Field(600.0, ge=1)  # s; the server ends a session that runs longer
+    connect_timeout: Float = Field(20.0, ge=0.1)  # s; connecting or waiting for a free server
+    tracker: Any = None  # accepted for older YAMLs, unused (the tracker is host:port)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "port" not in data and data.get("mode", "local") in DEFAULT_PORTS:
+            data = {**data, "port": DEFAULT_PORTS[data.get("mode", "local")]}
+        return data
+
+    @model_validator(mode="after")
+    def _tracker_key(self) -> RPCConfig:
+        if self.mode == "tracker" and not self.key:
+            raise _fail(f"field 'rpc.key': expected the device key its servers register under (tracker mode), "
+                        f"got {self.key!r}")
+        return self
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class SSHConfig:
+class SSHConfig(_Config):
     """How to log into the device for management (start/stop its server, read its facts)."""
 
-    host: str
-    port: int = 22
-    user: str | None = None
-    key_file: str | None = None
-    known_hosts: str | None = None
-    password: str | None = None
-    connect_timeout: float = 10.0
-    python: str = "python3"
-    workdir: str = "~/.latbench"
-    host_key_policy: str = "reject"  # unknown host keys: reject | accept-new (saved to known_hosts) | warn
-    password_env: str | None = None  # name of an environment variable holding the password (opt-in)
+    host: Str
+    port: Int = Field(22, ge=1)
+    user: Str | None = None
+    key_file: Str | None = None
+    known_hosts: Str | None = None
+    password: str | None = Field(None, repr=False)
+    allow_password: bool = False  # a clear-text password is refused unless this is true
+    connect_timeout: Float = Field(10.0, ge=0.1)
+    python: Str = "python3"
+    workdir: Str = "~/.latbench"
+    host_key_policy: HostKeyPolicy = "reject"  # unknown host keys: reject | accept-new (saved to known_hosts) | warn
+    password_env: Str | None = None  # name of an environment variable holding the password (opt-in)
+
+    @model_validator(mode="after")
+    def _password_opt_in(self) -> SSHConfig:
+        if self.password is not None and not self.allow_password:
+            raise _fail("field 'ssh.password': a clear-text password needs 'ssh.allow_password: true'; "
+                        "prefer a key file or the SSH agent")
+        return self
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(_Config):
     """A validated device configuration."""
 
-    name: str
-    target: Any
+    name: Str
     description: str = ""
+    target: Any
     host_target: Any = None
-    cross_compiler: str | None = None
-    emulated: bool = False
-    num_threads: int = 0
-    rpc: RPCConfig = field(default_factory=RPCConfig)
-    timing: Timing = field(default_factory=Timing)
+    cross_compiler: Str | None = None
+    emulated: StrictBool = False
+    num_threads: Int = Field(0, ge=0)
+    rpc: RPCConfig = Field(default_factory=RPCConfig)
+    timing: Timing = Field(default_factory=Timing)
     ssh: SSHConfig | None = None
-    source: str = "<embedded>"
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    source: str = "<embedded>"  # where it was read from (not a YAML field)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for k in ("rpc", "timing", "extra", "description"):
+                if k in data and data[k] is None:
+                    del data[k]
+            if "description" in data:
+                data["description"] = str(data["description"])
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, t: Any) -> Any:
+        if isinstance(t, dict):
+            if not isinstance(t.get("kind"), str):
+                raise _fail(f"field 'target.kind': expected a TVM target kind such as 'llvm' or 'cuda', "
+                            f"got {t.get('kind')!r}")
+        elif not isinstance(t, str) or not t or " -" in t:
+            raise _fail("field 'target': expected a TVM target dict ({kind: llvm, mcpu: ...}) or a tag such as "
+                        f"'cuda' (CLI strings like 'llvm -mcpu=x' are not accepted by TVM 0.27), got {t!r}")
+        return t
 
     @property
     def threads(self) -> int:
@@ -169,7 +277,7 @@ class Device:
         t = self.resolved_target()
         return json.dumps(t, sort_keys=True) if isinstance(t, dict) else json.dumps(t)
 
-    def tvm_target(self):
+    def tvm_target(self) -> Any:
         """A ``tvm.target.Target`` (TVM 0.27 wants a Target object, never a dict, in ``tvm.compile``)."""
         import tvm
 
@@ -185,130 +293,77 @@ class Device:
         return kind in ("cuda", "nvidia")
 
 
-# -- loading and validation ------------------------------------------------------------------
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, fld: str, expected: str, got: Any) -> ConfigError:
-        return ConfigError(f"{self.source}: field '{fld}': expected {expected}, got {got!r}")
-
-    def section(self, d: dict, name: str, allowed: tuple[str, ...]) -> dict:
-        sub = d.get(name) or {}
-        if not isinstance(sub, dict):
-            raise self.fail(name, "a mapping", sub)
-        unknown = sorted(set(sub) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{self.source}: unknown field '{name}.{unknown[0]}'; known: {', '.join(allowed)}")
-        return sub
-
-    def num(self, d: dict, fld: str, default: Any, kind: type, minimum: float, prefix: str = "") -> Any:
-        v = d.get(fld, default)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
-        if not ok or v < minimum:
-            what = "an integer" if kind is int else "a number"
-            raise self.fail(prefix + fld, f"{what} >= {minimum}", v)
-        return kind(v)
-
-    def string(self, d: dict, fld: str, default: Any = None, prefix: str = "", required: bool = False) -> Any:
-        v = d.get(fld, default)
-        if v is None and not required:
-            return None
-        if not isinstance(v, str) or not v:
-            raise self.fail(prefix + fld, "a non-empty string", v)
-        return v
+#: Hints added to "missing field" errors.
+_MISSING_HINTS = {"target": " (e.g. {kind: llvm, mcpu: native} or 'cuda')"}
+_BOUNDS = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"), annotated_types.Le: ("<=", "le"),
+           annotated_types.Lt: ("<", "lt")}
 
 
-_TOP = ("name", "description", "target", "host_target", "cross_compiler", "emulated", "num_threads",
-        "rpc", "timing", "ssh", "extra")
+def _unoptional(ann: Any) -> Any:
+    args = [a for a in get_args(ann) if a is not type(None)]
+    return args[0] if get_origin(ann) is not Literal and len(args) == 1 and type(None) in get_args(ann) else ann
 
 
-HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
+def _expected(model: type[BaseModel], name: str) -> str:
+    """What a field expects, in words, from its type and constraints."""
+    f = model.model_fields[name]
+    if isinstance(f.json_schema_extra, dict) and "expected" in f.json_schema_extra:
+        return str(f.json_schema_extra["expected"])
+    ann = _unoptional(f.annotation)
+    if get_origin(ann) is Literal:
+        return " or ".join(str(a) for a in get_args(ann))
+    if ann is bool:
+        return "true or false"
+    if ann in (int, float):
+        bounds = [f"{_BOUNDS[type(m)][0]} {getattr(m, _BOUNDS[type(m)][1]):g}" for m in f.metadata
+                  if type(m) in _BOUNDS]
+        return ("an integer" if ann is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
+    if ann is str:
+        return "a non-empty string"
+    return "a mapping"
 
 
-def _bool(c: _Checker, d: dict, fld: str, default: bool) -> bool:
-    v = d.get(fld, default)
-    if not isinstance(v, bool):
-        raise c.fail("timing." + fld, "true or false", v)
-    return v
+def config_error(e: ValidationError, source: str, model: type[BaseModel] = Device) -> ConfigError:
+    """One line for the first problem pydantic found: the source, the dotted field, what was expected."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    # walk the models down the location (a field of a nested config names its section: 'timing.repeat')
+    sections: dict[type[BaseModel], str] = {RPCConfig: "rpc.", Timing: "timing.", SSHConfig: "ssh."}
+    prefix = sections.get(model, "")
+    owner: type[BaseModel] = model
+    for part in loc[:-1]:
+        sub = _unoptional(owner.model_fields[part].annotation) if part in owner.model_fields else None
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            owner = sub
+    dotted = prefix + ".".join(loc)
+    if err["type"] == "latbench":
+        return ConfigError(f"{source}: {err['ctx']['message']}")
+    if err["type"] == "extra_forbidden":
+        known = [k for k in owner.model_fields if not (owner is Device and k == "source")]
+        return ConfigError(f"{source}: unknown field '{dotted}'; known: {', '.join(known)}")
+    if err["type"] == "missing":
+        return ConfigError(f"{source}: missing field '{dotted}'{_MISSING_HINTS.get(dotted, '')}")
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type") or not loc:
+        return ConfigError(f"{source}: field '{dotted}': expected a mapping, got {err['input']!r}")
+    return ConfigError(f"{source}: field '{dotted}': expected {_expected(owner, loc[-1])}, got {err['input']!r}")
 
 
-def _host_key_policy(c: _Checker, s: dict) -> str:
-    v = s.get("host_key_policy", "reject")
-    if v not in HOST_KEY_POLICIES:
-        raise c.fail("ssh.host_key_policy", " or ".join(HOST_KEY_POLICIES), v)
-    return v
-
-
+# -- loading ----------------------------------------------------------------------------------
 def device_from_dict(d: Any, source: str = "<dict>", default_name: str | None = None) -> Device:
     """Validate a parsed YAML mapping and build a :class:`Device`."""
-    c = _Checker(source)
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: a device config is a YAML mapping (name, target, rpc, timing, ...), "
                           f"got {type(d).__name__}")
-    unknown = sorted(set(d) - set(_TOP))
-    if unknown:
-        raise ConfigError(f"{source}: unknown field '{unknown[0]}'; known: {', '.join(_TOP)}")
-    name = c.string(d, "name", default_name, required=True)
-    if "target" not in d:
-        raise ConfigError(f"{source}: missing field 'target' (e.g. {{kind: llvm, mcpu: native}} or 'cuda')")
-    target = d["target"]
-    if isinstance(target, dict):
-        if not isinstance(target.get("kind"), str):
-            raise c.fail("target.kind", "a TVM target kind such as 'llvm' or 'cuda'", target.get("kind"))
-    elif not isinstance(target, str) or not target or " -" in target:
-        raise c.fail("target", "a TVM target dict ({kind: llvm, mcpu: ...}) or a tag such as 'cuda' "
-                     "(CLI strings like 'llvm -mcpu=x' are not accepted by TVM 0.27)", target)
-
-    r = c.section(d, "rpc", ("mode", "host", "port", "key", "session_timeout", "connect_timeout", "tracker"))
-    mode = r.get("mode", "local")
-    if mode not in RPC_MODES:
-        raise c.fail("rpc.mode", " or ".join(RPC_MODES), mode)
-    host = c.string(r, "host", "127.0.0.1", "rpc.")
-    port = c.num(r, "port", 0 if mode == "local" else (9190 if mode == "tracker" else 9090), int, 0, "rpc.")
-    if port > 65535:
-        raise c.fail("rpc.port", "a TCP port (0-65535)", port)
-    key = c.string(r, "key", None, "rpc.")
-    if mode == "tracker" and not key:
-        raise c.fail("rpc.key", "the device key its servers register under (tracker mode)", key)
-    rpc = RPCConfig(mode, host, port, key,
-                    c.num(r, "session_timeout", 600, float, 1, "rpc."),
-                    c.num(r, "connect_timeout", 20, float, 0.1, "rpc."))
-
-    t = c.section(d, "timing", tuple(Timing.__dataclass_fields__))
-    timing = Timing(c.num(t, "number", 1, int, 1, "timing."), c.num(t, "repeat", 15, int, 1, "timing."),
-                    c.num(t, "min_repeat_ms", 40, int, 0, "timing."), c.num(t, "warmup", 3, int, 0, "timing."),
-                    c.num(t, "cooldown_ms", 0, int, 0, "timing."), c.num(t, "op_timeout", 120, float, 1, "timing."),
-                    c.num(t, "rounds", 5, int, 1, "timing."), c.num(t, "ci_target", 0.02, float, 1e-6, "timing."),
-                    c.num(t, "max_visits", 0, int, 0, "timing."), c.num(t, "burst_threshold", 0.1, float, 1e-6, "timing."),
-                    _bool(c, t, "reference", True), c.num(t, "seed", 0, int, 0, "timing."))
-
-    ssh = None
-    if d.get("ssh") is not None:
-        s = c.section(d, "ssh", tuple(SSHConfig.__dataclass_fields__) + ("allow_password",))
-        password = s.get("password")
-        if password is not None and not s.get("allow_password"):
-            raise ConfigError(f"{source}: field 'ssh.password': a clear-text password needs 'ssh.allow_password: true'; "
-                              "prefer a key file or the SSH agent")
-        ssh = SSHConfig(c.string(s, "host", None, "ssh.", required=True), c.num(s, "port", 22, int, 1, "ssh."),
-                        c.string(s, "user", None, "ssh."), c.string(s, "key_file", None, "ssh."),
-                        c.string(s, "known_hosts", None, "ssh."), password,
-                        c.num(s, "connect_timeout", 10, float, 0.1, "ssh."),
-                        c.string(s, "python", "python3", "ssh."), c.string(s, "workdir", "~/.latbench", "ssh."),
-                        _host_key_policy(c, s), c.string(s, "password_env", None, "ssh."))
-
-    emulated = d.get("emulated", False)
-    if not isinstance(emulated, bool):
-        raise c.fail("emulated", "true or false", emulated)
-    extra = d.get("extra") or {}
-    if not isinstance(extra, dict):
-        raise c.fail("extra", "a mapping", extra)
-    return Device(
-        name=name, target=target, description=str(d.get("description", "")),
-        host_target=d.get("host_target"), cross_compiler=c.string(d, "cross_compiler"),
-        emulated=emulated, num_threads=c.num(d, "num_threads", 0, int, 0), rpc=rpc, timing=timing, ssh=ssh,
-        source=source, extra=extra,
-    )
+    if "source" in d:
+        known = [k for k in Device.model_fields if k != "source"]
+        raise ConfigError(f"{source}: unknown field 'source'; known: {', '.join(known)}")
+    data = {**d, "source": source}
+    if "name" not in data and default_name is not None:
+        data["name"] = default_name
+    try:
+        return Device.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, source) from None
 
 
 def load_device_file(path: str | Path) -> Device:
@@ -327,7 +382,7 @@ def load_device_file(path: str | Path) -> Device:
     return device_from_dict(data, str(path), default_name=path.stem)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scan(dirs: tuple[Path, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in dirs:

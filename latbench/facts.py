@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 PACKAGES = ("latbench", "apache-tvm", "apache-tvm-ffi", "torch", "onnxruntime", "xgboost", "numpy")
 
 
-@lru_cache(maxsize=None)
+@cache
 def versions() -> dict[str, str]:
     """Installed versions of the packages that shape a number (missing ones are left out)."""
     out = {"python": platform.python_version()}

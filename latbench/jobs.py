@@ -30,11 +30,11 @@ class Job:
     arch: dict | None = None
 
     @staticmethod
-    def op(op: OpSpec) -> "Job":
+    def op(op: OpSpec) -> Job:
         return Job(op.key, "ops")
 
     @staticmethod
-    def network(arch: Arch) -> "Job":
+    def network(arch: Arch) -> Job:
         return Job(arch.key, "archs", arch.to_dict())
 
     def describe(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Accuracy and rank metrics of latency predictions (plain arrays in, floats out)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats

@@ -6,7 +6,7 @@ A cell string lists, per node 1..3, its input edges ``op~from``:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

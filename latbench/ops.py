@@ -71,7 +71,8 @@ class OpSpec:
         if self.kind == "expanded_conv":
             if self.kernel % 2 == 0:
                 raise OpKeyError(f"MBConv kernel must be odd, got {self.kernel}")
-            want_h, want_w = conv_out(self.in_h, self.kernel, self.stride), conv_out(self.in_w, self.kernel, self.stride)
+            want_h = conv_out(self.in_h, self.kernel, self.stride)
+            want_w = conv_out(self.in_w, self.kernel, self.stride)
             if (self.out_h, self.out_w) != (want_h, want_w):
                 raise OpKeyError(
                     f"MBConv {self.in_h}x{self.in_w} stride {self.stride} gives {want_h}x{want_w}, "
@@ -83,7 +84,7 @@ class OpSpec:
     # -- constructors -------------------------------------------------------------------------
     @classmethod
     def mbconv(cls, h: int, w: int, in_ch: int, out_ch: int, kernel: int, expand: int, stride: int,
-               idskip: bool | None = None) -> "OpSpec":
+               idskip: bool | None = None) -> OpSpec:
         """An MBConv block; ``idskip`` defaults to 'has the identity shortcut when shapes allow'."""
         if idskip is None:
             idskip = stride == 1 and in_ch == out_ch
@@ -91,17 +92,17 @@ class OpSpec:
                    out_ch, expand, kernel, stride, int(idskip))
 
     @classmethod
-    def stem(cls, h: int, w: int, out_ch: int, in_ch: int = 3) -> "OpSpec":
+    def stem(cls, h: int, w: int, out_ch: int, in_ch: int = 3) -> OpSpec:
         """The first 3x3 stride-2 conv + BN + ReLU6."""
         return cls("Conv", h, w, in_ch, conv_out(h, 3, 2), conv_out(w, 3, 2), out_ch, 1, 3, 2, 0)
 
     @classmethod
-    def feature_mix(cls, h: int, w: int, in_ch: int, out_ch: int) -> "OpSpec":
+    def feature_mix(cls, h: int, w: int, in_ch: int, out_ch: int) -> OpSpec:
         """The 1x1 feature-mix conv + BN + ReLU6 (``Conv_1``)."""
         return cls("Conv_1", h, w, in_ch, h, w, out_ch, 1, 1, 1, 0)
 
     @classmethod
-    def logits(cls, h: int, w: int, in_ch: int, n_classes: int) -> "OpSpec":
+    def logits(cls, h: int, w: int, in_ch: int, n_classes: int) -> OpSpec:
         """Global average pooling + linear classifier (``Logits``)."""
         return cls("Logits", h, w, in_ch, 1, 1, n_classes, 1, 1, 1, 0)
 
@@ -119,7 +120,7 @@ class OpSpec:
         return f"{self.kind}-{inp}-{out}"
 
     @classmethod
-    def parse(cls, key: str) -> "OpSpec":
+    def parse(cls, key: str) -> OpSpec:
         """Parse a key in the official format; raises :class:`OpKeyError` with the reason."""
         if not isinstance(key, str):
             raise OpKeyError(f"op key must be a string, got {type(key).__name__}")

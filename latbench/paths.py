@@ -6,26 +6,28 @@ Published tables (e.g. the HELP NAS-Bench-201 latencies) live beside every check
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from latbench import settings
+
 #: The environment variable that overrides :func:`shared_dir`.
-SHARED_ENV = "LATBENCH_SHARED"
+SHARED_ENV = settings.SHARED
 
 #: Path of the published HELP NAS-Bench-201 latency table, relative to :func:`shared_dir`.
 HELP_NB201_CSV = Path("data") / "help-nasbench201" / "latency_ms.csv.gz"
 
 
 def project_root() -> Path:
-    """The repository root (the directory holding the ``latbench`` package)."""
+    """The directory holding the ``latbench`` package: the checkout's root (in an installed wheel,
+    site-packages — so only defaults for a checkout, like ``../shared``, are derived from it)."""
     return Path(__file__).resolve().parent.parent
 
 
 def shared_dir() -> Path:
     """The shared data directory: ``$LATBENCH_SHARED``, else ``<project root>/../shared``."""
-    env = os.environ.get(SHARED_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
+    env = settings.shared_dir_override()
+    if env is not None:
+        return env
     return (project_root() / ".." / "shared").resolve()
 
 

@@ -21,9 +21,10 @@ import datetime as _dt
 import html
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -141,7 +142,8 @@ def _step_column(df: pd.DataFrame) -> str | None:
 # --------------------------------------------------------------------------------------------
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
@@ -213,7 +215,8 @@ def section_provenance(found: Found) -> str:
             if facts:
                 details.append(f"<details><summary>{html.escape(row['device'])} / {html.escape(str(row['backend']))} "
                                f"({kind}) — versions and facts</summary><pre>"
-                               f"{html.escape(json.dumps(facts, indent=1, sort_keys=True, default=str))}</pre></details>")
+                               + html.escape(json.dumps(facts, indent=1, sort_keys=True, default=str))
+                               + "</pre></details>")
     if not rows:
         return _note("No latency tables found. Measure some with `latbench measure --target DEVICE --out DIR`, "
                      "then run `latbench report --data DIR`.")

@@ -162,7 +162,8 @@ def time_artifact_set(root: str | Path, out: str | Path, warmup: int = 3, number
                 row = timer.time(root / e["path"], warmup, number, repeat, min_repeat_ms)
             except Exception as exc:  # an op that fails to load/run is recorded; the set goes on
                 msg = str(exc).strip().splitlines()
-                row = {"status": "error", "stage": "run", "error": f"run failed: {msg[0] if msg else type(exc).__name__}"}
+                row = {"status": "error", "stage": "run",
+                       "error": f"run failed: {msg[0] if msg else type(exc).__name__}"}
             row = {"key": e["key"], **row, "server": server}
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", "-q", action="store_true")
     args = ap.parse_args(argv)
     if not (Path(args.artifacts) / "manifest.json").is_file():
-        print(f"runtime_timer: error: {args.artifacts} has no manifest.json (build it with `latbench compile --out DIR`)",
+        print(f"runtime_timer: error: {args.artifacts} has no manifest.json "
+              "(build it with `latbench compile --out DIR`)",
               file=sys.stderr)
         return 2
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec, conv_out

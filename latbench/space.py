@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 from latbench.errors import ConfigError, LatbenchError
 from latbench.ops import OpSpec, conv_out
@@ -163,20 +164,20 @@ class Space:
         return [ops[k] for k in sorted(ops)]
 
     # -- architectures ------------------------------------------------------------------------
-    def arch(self, ops: Sequence[str]) -> "Arch":
+    def arch(self, ops: Sequence[str]) -> Arch:
         """An architecture of this space (validated)."""
         return Arch(self.resolution, float(self.width_mult), tuple(ops), self.n_classes)
 
-    def sample(self, rng: random.Random | int | None = None) -> "Arch":
+    def sample(self, rng: random.Random | int | None = None) -> Arch:
         """A uniformly random architecture."""
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         return self.arch([rng.choice(layer.candidates) for layer in self.layers])
 
-    def largest(self) -> "Arch":
+    def largest(self) -> Arch:
         """Every layer 7x7_MBConv6 (the slowest network of the space)."""
         return self.arch([layer.candidates[-1] if layer.index == 0 else "7x7_MBConv6" for layer in self.layers])
 
-    def smallest(self) -> "Arch":
+    def smallest(self) -> Arch:
         """Every layer as cheap as allowed: zero where allowed, else 3x3_MBConv3 (3x3_MBConv1 first)."""
         return self.arch([
             layer.candidates[0] if layer.index == 0 else (ZERO if layer.can_skip else "3x3_MBConv3")
@@ -218,7 +219,7 @@ class Arch:
         """A canonical short id: ``r224-w1.0-`` + the ops joined (stable across runs and machines)."""
         return f"r{self.resolution}-w{self.width_mult:g}-c{self.n_classes}-" + ",".join(self.ops)
 
-    def at_resolution(self, resolution: int) -> "Arch":
+    def at_resolution(self, resolution: int) -> Arch:
         """The same layer choices at another resolution (e.g. the deployment resolution)."""
         return Arch(resolution, self.width_mult, self.ops, self.n_classes)
 
@@ -233,7 +234,7 @@ class Arch:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "arch") -> "Arch":
+    def from_dict(cls, d: dict, source: str = "arch") -> Arch:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: an architecture is a JSON object with resolution, width_mult, ops")
         missing = [k for k in ("ops",) if k not in d]
@@ -252,7 +253,7 @@ class Arch:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Arch":
+    def load(cls, path: str | Path) -> Arch:
         """Read an arch JSON file; errors name the file."""
         path = Path(path)
         try:

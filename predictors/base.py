@@ -17,7 +17,8 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -79,7 +80,7 @@ class BasePredictor(RegressorMixin, BaseEstimator):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first "
                                  "(or load a fitted one with predictors.load_predictor)")
 
-    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> "BasePredictor":
+    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> BasePredictor:
         """Fit on op tables (paths, a DataFrame, a list of them) or on ``(ops, ms)``.
 
         Keyword ``resolution``/``width_mult``/``n_classes`` override the inferred deployment space.
@@ -250,7 +251,7 @@ class BasePredictor(RegressorMixin, BaseEstimator):
 
     # -- calibration ----------------------------------------------------------------------------------
     def fit_calibration(self, archs: Sequence[Any], measured_ms: Sequence[float],
-                        mode: str = "auto") -> "BasePredictor":
+                        mode: str = "auto") -> BasePredictor:
         """Learn ``measured ≈ scale * Σops + offset`` from measured whole networks.
 
         See :func:`predictors.calibration.fit_calibration_line` for the modes. Replaces any

@@ -13,7 +13,8 @@ The model is a product of two parts, fitted in order:
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -119,16 +119,16 @@ def read_plain(path: str | Path, kind: FileKind = PREDICTOR_FILE) -> Any:
 
 
 # -- predictor files --------------------------------------------------------------------------------
-_REGISTRY: dict[str, type["BasePredictor"]] = {}
+_REGISTRY: dict[str, type[BasePredictor]] = {}
 
 
-def register_predictor(cls: type["BasePredictor"]) -> type["BasePredictor"]:
+def register_predictor(cls: type[BasePredictor]) -> type[BasePredictor]:
     """Class decorator: make a predictor kind loadable from files by its ``kind`` name."""
     _REGISTRY[cls.kind] = cls
     return cls
 
 
-def predictor_class(kind: str) -> type["BasePredictor"]:
+def predictor_class(kind: str) -> type[BasePredictor]:
     """The predictor class registered under ``kind`` (``lut``, ``gbdt``)."""
     if kind not in _REGISTRY:
         raise LatbenchError(f"unknown predictor kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")

@@ -6,8 +6,9 @@ an op missing from the table, a missing op is an error naming the key, unless a 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -56,7 +57,7 @@ class LUTPredictor(BasePredictor):
     @classmethod
     def from_latencies(cls, latencies: Mapping[str, float], resolution: int | None = 224,
                        width_mult: float | None = 1.0, n_classes: int | None = 1000,
-                       **params: Any) -> "LUTPredictor":
+                       **params: Any) -> LUTPredictor:
         """A fitted LUT from ``{op_key: ms}`` for the given deployment space."""
         if not isinstance(latencies, Mapping) or not latencies:
             raise LatbenchError("from_latencies needs a non-empty {op_key: ms} mapping")
@@ -67,7 +68,7 @@ class LUTPredictor(BasePredictor):
     @classmethod
     def from_proxylessnas_yaml(cls, path: str | Path, resolution: int | None = None,
                                width_mult: float | None = None, n_classes: int | None = None,
-                               **params: Any) -> "LUTPredictor":
+                               **params: Any) -> LUTPredictor:
         """Import a latency table in the official ProxylessNAS format (``{key: {count, mean, var}}``, ms)."""
         path = Path(path)
         try:

@@ -31,5 +31,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch==2.13.0 (pinned in pyproject.toml) is the CPU build; apache-tvm-ffi is pinned to
 # 0.1.14.post1 because 0.1.15 crashes TVM's IR serialisation (and so its tuning).
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,lint]"
 echo "install.sh: ready — .venv/bin/latbench --help" >&2

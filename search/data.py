@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from latbench.errors import ConfigError
+from latbench.settings import fashion_mnist_dir
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def find_fashion_mnist() -> Path:
     """The directory of the Fashion-MNIST idx files (``$LATBENCH_FASHION_MNIST`` or Debian's)."""
-    candidates = ([Path(os.environ["LATBENCH_FASHION_MNIST"])] if os.environ.get("LATBENCH_FASHION_MNIST")
-                  else []) + list(FASHION_MNIST_DIRS)
+    env = fashion_mnist_dir()
+    candidates = ([env] if env else []) + list(FASHION_MNIST_DIRS)
     for d in candidates:
         if (d / "train-images-idx3-ubyte.gz").exists() or (d / "train-images-idx3-ubyte").exists():
             return d

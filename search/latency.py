@@ -10,7 +10,8 @@ classes), whatever resolution the training data has: only the layer choices are 
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
 
 import torch
 

@@ -14,7 +14,8 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 from latbench.campaign import measure_archs
 from latbench.errors import LatbenchError
@@ -34,7 +35,8 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
         prog="python -m search.run", add_help=add_help,
         description="ProxylessNAS search on the latbench space with a latency predictor "
                     "(the latency is that of the predictor's deployment resolution).")
-    p.add_argument("--predictor", required=True, help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
+    p.add_argument("--predictor", required=True,
+                   help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
     p.add_argument("--mode", choices=("gradient", "reinforce"), default="gradient",
                    help="architecture update: binary-gate gradient (default) or REINFORCE")
     p.add_argument("--latency-loss", choices=LOSS_FORMS, default=None,
@@ -93,7 +95,8 @@ def measure(arch: Arch, device: str, out_dir: Path) -> float:
         raise LatbenchError(f"--measure: no measurement came back for the derived net on {device}")
     row = df.iloc[0]
     if "status" in df.columns and row["status"] != "ok":
-        raise LatbenchError(f"--measure: measuring the derived net on {device} failed: {row.get('error', row['status'])}")
+        why = row.get("error", row["status"])
+        raise LatbenchError(f"--measure: measuring the derived net on {device} failed: {why}")
     return float(row["median_ms"])
 
 
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolution = args.resolution or (28 if args.data is None else 32)
     config = SearchConfig(
         mode=args.mode, latency_loss=args.latency_loss, lambda2=args.lambda2, target_latency=args.target_latency,
-        latency_temperature=args.latency_temperature, mul_alpha=args.mul_alpha, mul_beta=args.mul_beta, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        latency_temperature=args.latency_temperature, mul_alpha=args.mul_alpha, mul_beta=args.mul_beta,
+        epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches or None,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, arch_lr=args.arch_lr,
         arch_every=args.arch_every, rl_samples=args.rl_samples, rl_tradeoff=args.rl_tradeoff,

@@ -1,7 +1,7 @@
 """The ProxylessNAS supernet: stem, one :class:`MixedOp` per searchable layer, feature mix, logits."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class SearchConfig:
         return DEFAULT_LAMBDA[self.latency_loss] if self.lambda2 is None else self.lambda2
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -294,8 +295,8 @@ class ProxylessSearch:
                 if c.mode == "gradient":
                     arch_losses.append(self.arch_step_gradient(xv, yv))
                 else:
-                    l, r = self.arch_step_reinforce(xv, yv)
-                    arch_losses.append(l)
+                    loss, r = self.arch_step_reinforce(xv, yv)
+                    arch_losses.append(loss)
                     rewards.append(r)
         val_acc = self.evaluate(self.data.valid, c.val_batches)
         self.epoch += 1

@@ -10,7 +10,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests never touch the user's cache or device configs.
-os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
+os.environ.setdefault("LATBENCH_CACHE",
+                      str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
 
 FAST_TIMING = {"number": 1, "repeat": 5, "min_repeat_ms": 2, "warmup": 1, "op_timeout": 60}
 

@@ -83,7 +83,7 @@ def test_runtime_timer_without_tvm(tmp_path, x86_set, cli):
 
 def test_measure_rasp4_without_board_is_one_line(tmp_path, arm_set):
     """No tracker / no board: one line naming the address, the key and how to start the server; exit != 0."""
-    dev = yaml.safe_load((ROOT / "device_configs" / "rasp4.yaml").read_text())
+    dev = yaml.safe_load((ROOT / "latbench" / "device_configs" / "rasp4.yaml").read_text())
     dev["rpc"]["port"] = free_port()  # nothing listens there
     dev["rpc"]["connect_timeout"] = 3
     cfg = tmp_path / "configs"
@@ -113,7 +113,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         ensure_arm_python()
     except DeviceError as exc:
         pytest.skip(f"no aarch64 Python sysroot for qemu: {exc}")
-    dev = yaml.safe_load((ROOT / "device_configs" / "rasp4-qemu.yaml").read_text())
+    dev = yaml.safe_load((ROOT / "latbench" / "device_configs" / "rasp4-qemu.yaml").read_text())
     port = free_port()
     dev["rpc"]["port"] = port
     dev["name"] = "rasp4-qemu-test"

@@ -11,12 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import FAST_TIMING, latbench_cmd, write_device
-from latbench.artifacts import ArtifactCache
 from latbench.backends.base import DEFAULT_BACKEND as DEFAULT
 from latbench.campaign import measure_ops
 from latbench.errors import DeviceError

@@ -285,7 +285,8 @@ def test_import_official_yaml_sample():
     key = "expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:5-stride:1-idskip:1"
     assert pred.predict_ops([key])[0] == pytest.approx(5.6)
     assert pred.stats_[key] == {"count": 100.0, "var": 0.04}
-    with pytest.raises(MissingOpError, match=r"no latency for op expanded_conv-input:112x112x32-output:112x112x16-expand:1-kernel:7"):
+    with pytest.raises(MissingOpError,
+                       match=r"no latency for op expanded_conv-input:112x112x32-output:112x112x16-expand:1-kernel:7"):
         pred.predict(Space(224).largest())
 
 

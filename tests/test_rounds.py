@@ -17,7 +17,6 @@ from conftest import FAST_TIMING, write_device
 from latbench import rounds
 from latbench.backends.base import DEFAULT_BACKEND as DEFAULT
 from latbench.campaign import measure_ops
-from latbench.errors import LatbenchError
 from latbench.space import Space
 from latbench.tables import read_table, table_path
 

@@ -103,7 +103,8 @@ def test_row_tile_divides_the_channels():
 SMALL = covering_ops(Space(32, 0.75))
 BIG = [op for op in Space(224, 1.0).distinct_ops()
        if op.kind in ("Conv", "Conv_1", "Logits") or (op.in_w == 112 and op.kernel == 7 and op.expand == 1)
-       or (op.in_w == 112 and op.kernel == 7 and op.expand == 6) or (op.in_w == 7 and op.kernel == 5 and op.expand == 6)]
+       or (op.in_w == 112 and op.kernel == 7 and op.expand == 6)
+       or (op.in_w == 7 and op.kernel == 5 and op.expand == 6)]
 
 
 @pytest.mark.parametrize("op", SMALL, ids=lambda o: o.key)

@@ -91,7 +91,7 @@ def test_weight_step_runs_only_the_sampled_path(predictor, data):
     assert [li for li, _ in ran] == list(range(len(s.net.layers)))
     assert all(ci == s.net.layers[li].active for li, ci in ran)
     # Only the sampled path's weights got gradients (the others stay None, so SGD skips them).
-    for li, m in enumerate(s.net.layers):
+    for m in s.net.layers:
         for ci, op in enumerate(m.ops):
             grads = [p.grad for p in op.parameters()]
             if ci == m.active:

@@ -29,7 +29,7 @@ BACKEND_MODULES: tuple[str, ...] = (
 #: The backend ``latbench measure`` uses when none is given.
 DEFAULT_BACKEND = "tvm"
 
-_REGISTRY: dict[str, type["Backend"]] = {}
+_REGISTRY: dict[str, type[Backend]] = {}
 _loaded = False
 
 
@@ -64,11 +64,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for mod in BACKEND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a backend module not written / not installed yet
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.settings import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ DRIVER_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cu
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # 0xBA55ED50, little-endian, starts every fatbin
 NVCC_CANDIDATES = ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc")
 BUILD_TIMEOUT_S = 900
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LATBENCH_CACHE") or Path.home() / ".cache" / "latbench")
 
 
 def find_nvcc() -> str:
@@ -84,7 +81,7 @@ def stub_libcuda(cache: Path | None = None) -> Path:
     """Directory holding a stub ``libcuda.so.1`` (built with gcc once, then reused)."""
     syms = driver_symbols()
     tag = hashlib.sha256(" ".join(syms).encode()).hexdigest()[:12]  # a new TVM may import other symbols
-    d = (cache or _cache_root()) / "cuda-stub" / tag
+    d = (cache or cache_root()) / "cuda-stub" / tag
     so = d / "libcuda.so.1"
     if so.exists():
         return d
@@ -175,7 +172,8 @@ def compile_cuda_library(mod: Any, device: Device, path: Path, timeout: float = 
             raise LatbenchError(f"CUDA build for {device.name} took longer than {timeout:.0f} s") from None
         if r.returncode != 0:
             lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-            raise LatbenchError(f"CUDA build for {device.name} failed: {lines[-1] if lines else 'rc ' + str(r.returncode)}")
+            why = lines[-1] if lines else f"rc {r.returncode}"
+            raise LatbenchError(f"CUDA build for {device.name} failed: {why}")
         facts = check_gpu_binary(out, arch)
         tmp = path.with_suffix(".tmp.so")
         shutil.copyfile(out, tmp)
@@ -190,7 +188,8 @@ def _child(mod_json: str, spec_json: str, out: str) -> None:
     import tvm.support.nvcc  # noqa: F401  registers the nvcc compile callback
 
     spec = json.loads(spec_json)
-    target = tvm.target.Target(spec["target"], host=spec["host"]) if spec.get("host") else tvm.target.Target(spec["target"])
+    target = (tvm.target.Target(spec["target"], host=spec["host"]) if spec.get("host")
+              else tvm.target.Target(spec["target"]))
     mod = tvm.ir.load_json(Path(mod_json).read_text())
     with target:
         try:
@@ -213,7 +212,6 @@ def _child(mod_json: str, spec_json: str, out: str) -> None:
 def _cuda_pipeline(target: Any, rules: tuple[str, ...]) -> Any:
     """TVM's default CUDA Relax pipeline with only the given dlight rules."""
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cp
     from tvm.s_tir import dlight as dl
 

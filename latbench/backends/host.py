@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from latbench.backends.base import Backend, register_backend
 from latbench.errors import LatbenchError

@@ -21,20 +21,18 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from latbench.backends.base import register_backend
 from latbench.backends.tvm import TVMBackend
 from latbench.backends.tvm_schedules import apply_rules, prepare
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.settings import cache_root
 
 log = logging.getLogger(__name__)
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LATBENCH_CACHE") or Path.home() / ".cache" / "latbench")
 
 
 def target_key(target: Any) -> str:
@@ -45,7 +43,7 @@ def target_key(target: Any) -> str:
 
 def tuning_db_dir(target: Any, root: str | Path | None = None) -> Path:
     """Where the tuning records of ``target`` live (one directory per target)."""
-    base = Path(root) if root else _cache_root() / "tuning"
+    base = Path(root) if root else cache_root() / "tuning"
     return base / target_key(target)
 
 

@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more logging (-v: info and tracebacks, -vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"latbench.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"latbench.cli.{name}":
-                continue  # a command not written yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"latbench.cli.{name}").register(sub)
     for sp in sub.choices.values():  # -v after the command works too (`latbench measure -v`)
         sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more logging (-v: info and tracebacks, -vv: debug)")

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mapping", choices=("linear", "isotonic"), default="linear",
                    help="monotone map of the proxy's log-latency (default linear = power law)")
     p.add_argument("--residual", choices=("xgboost", "auto", "none"), default="xgboost",
-                   help="residual model on features: xgboost (default), auto (xgboost only where 5-fold CV on the k samples says it lowers the error; the comparison then shows both), or none (keeps the proxy ranking)")
+                   help="residual model on features: xgboost (default), auto (xgboost only where 5-fold CV on "
+                        "the k samples says it lowers the error; the comparison then shows both), or none "
+                        "(keeps the proxy ranking)")
     p.add_argument("--eval-k", default="5,10,20,50", help="k values of the comparison (default 5,10,20,50; '' = none)")
     p.add_argument("--repeats", type=int, default=5, help="random draws of the k samples per k (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample draws")

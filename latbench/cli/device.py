@@ -51,7 +51,8 @@ def run_info(args: argparse.Namespace) -> int:
                 ("cpu", facts.get("cpu_model")), ("cores", facts.get("cores")),
                 ("memory", f"{facts.get('mem_gb')} GB"),
                 ("governor", ", ".join(facts.get("governors") or []) or "not readable"),
-                ("frequency", ", ".join(f"{f} MHz" for f in sorted(set(facts.get("freq_mhz") or []))) or "not readable"),
+                ("frequency", ", ".join(f"{f} MHz" for f in sorted(set(facts.get("freq_mhz") or [])))
+                 or "not readable"),
                 ("temperature", temps), ("python", facts.get("python")),
                 ("tvm runtime", facts.get("tvm_runtime") or "none (run `latbench device start` to install the bundle)"),
                 ("tvm_ffi", facts.get("tvm_ffi") or "none"),

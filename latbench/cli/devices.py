@@ -7,7 +7,8 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devices", help="list device configurations",
-                       description="List device YAMLs (device_configs/, $LATBENCH_DEVICE_CONFIGS) and the embedded "
+                       description="List device YAMLs ($LATBENCH_DEVICE_CONFIGS, ./device_configs/, the packaged "
+                                   "ones) and the embedded "
                                    "local-cpu default, with their target and how they are reached.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     print("\npairs:")
     for r in pairs.itertuples():
         ci_r = f"[{r.spearman_low:.3f}, {r.spearman_high:.3f}]" if res.bootstrap else ""
-        ci_t = f"[{r.kendall_low:.3f}, {r.kendall_high:.3f}]" if res.bootstrap and r.kendall_low == r.kendall_low else ""
+        has_t = res.bootstrap and r.kendall_low == r.kendall_low  # NaN when tau is undefined
+        ci_t = f"[{r.kendall_low:.3f}, {r.kendall_high:.3f}]" if has_t else ""
         print(f"  {r.device_a} vs {r.device_b}: rho={r.spearman:.3f} {ci_r}  tau={r.kendall:.3f} {ci_t}  "
               f"n={r.n} dropped={r.dropped}")
     bad = {d: v for d, v in res.invalid.items() if v["missing"] or v["nonpositive"]}

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", metavar="DIR", help="search runs directory to scan (default runs)")
     p.add_argument("--no-published", action="store_true", help="leave out the published HELP data section")
     p.add_argument("--published", default=None, metavar="CSV",
-                   help="published wide table to show (default: $LATBENCH_SHARED/data/help-nasbench201/latency_ms.csv.gz)")
+                   help="published wide table to show "
+                        "(default: $LATBENCH_SHARED/data/help-nasbench201/latency_ms.csv.gz)")
     p.add_argument("--no-adapt", action="store_true", help="skip the proxy-adaptation curve on the published data")
     p.add_argument("--bootstrap", type=int, default=100, metavar="N",
                    help="bootstrap resamples for correlation CIs (default 100; 0 = none, fastest)")

@@ -3,7 +3,7 @@
 place where a visit is taken (the item between two reference timings, conditions once per round).
 
     campaign ── round of visits ──► Runner (serial | pool) ──► Prober per session ──► Session
-                                                                                      (RPC | host process | runtime-only)
+                                                                  (RPC | host process | runtime-only)
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class Session(Protocol):
 class Runner(Protocol):
     """Times a round of visits (in any order it likes, never two at once per server)."""
 
-    def __enter__(self) -> "Runner": ...
+    def __enter__(self) -> Runner: ...
 
     def __exit__(self, *exc: Any) -> None: ...
 

@@ -9,6 +9,8 @@ serves TVM's RPC protocol on top of them. Layout of a bundle directory::
     site/                tvm_ffi/ (+ typing_extensions.py), put first on sys.path by the scripts
     board_server.py      TVM RPC server (tracker or direct), no `import tvm`
     runtime_timer.py     times an artifact set locally, no `import tvm`
+    timing.py            the timing core both use (calibration, runs, statistics, output check)
+    conditions.py        the board's load, clock, governor, temperature, throttling (`latbench.conditions`)
 
 For the machine's own architecture the files come from the local install; for aarch64 they come
 from the aarch64 wheels of the same versions, downloaded once with pip into
@@ -38,7 +40,7 @@ RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
 CUDA_LIB = "libtvm_runtime_cuda.so"
 #: Parts of the tvm_ffi package a board does not need (headers, sources, Cython, build files).
 FFI_SKIP = ("include", "src", "3rdparty", "cython", "share", "cmake", "__pycache__")
-SCRIPTS = ("board_server.py", "runtime_timer.py")
+SCRIPTS = ("board_server.py", "runtime_timer.py", "timing.py", "conditions.py")
 #: pip platform tags tried for aarch64 wheels (tvm: manylinux_2_27/2_28, tvm-ffi: manylinux_2_24/2_28).
 AARCH64_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64",
                      "manylinux2014_aarch64")

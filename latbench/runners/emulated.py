@@ -1,7 +1,7 @@
 """Emulated boards: a device YAML with ``extra.emulator`` runs its board server on this machine under qemu.
 
 The `rasp4-qemu` device is a Raspberry Pi 4 stand-in: Debian's ``qemu-aarch64-static`` runs an
-aarch64 Python (``scripts/setup_arm_sysroot.sh``) with the aarch64 runtime bundle, so the same
+aarch64 Python (``latbench/scripts/setup_arm_sysroot.sh``) with the aarch64 runtime bundle, so the same
 cross-compiled artifacts, the same bundle and the same RPC path as on a real Pi are exercised.
 Timings are emulation (about 25x slower than native and unrelated to Pi speed); such devices set
 ``emulated: true`` and every row they produce says so. YAML::
@@ -17,24 +17,25 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from latbench.artifacts import default_cache_dir
 from latbench.devices import Device
 from latbench.errors import ConfigError, DeviceError
-from latbench.paths import project_root
 
 FIELDS = ("qemu", "cpu", "python")
 
 
 def sysroot_dir() -> Path:
-    """Where ``scripts/setup_arm_sysroot.sh`` puts the aarch64 Python by default."""
+    """Where ``latbench/scripts/setup_arm_sysroot.sh`` puts the aarch64 Python by default."""
     return default_cache_dir() / "arm64-python"
 
 
 def setup_script() -> Path:
-    return project_root() / "scripts" / "setup_arm_sysroot.sh"
+    """The script that builds it, shipped inside the package (``latbench/scripts/``)."""
+    return Path(str(resources.files("latbench") / "scripts" / "setup_arm_sysroot.sh"))
 
 
 def ensure_arm_python(build: bool = True, timeout: float = 900) -> Path:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from latbench.artifacts import default_cache_dir
 from latbench.devices import Device

@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from latbench.artifacts import Artifact
 from latbench.devices import Device
@@ -53,7 +54,7 @@ def request_server(host: str, port: int, key: str, timeout: float) -> tuple[str,
                 raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
             _sendjson(s, [CODE_REQUEST, key, "", 1])
             reply = _recvjson(s)
-    except socket.timeout:
+    except TimeoutError:
         raise RPCTimeout(f"no free '{key}' server from tracker {host}:{port} within {timeout:g} s") from None
     except DeviceError:
         raise
@@ -84,7 +85,7 @@ class PoolRunner:
         self.visit_repeat = visit_repeat or device.timing.repeat
         self.reference = reference
         self._lock = threading.Lock()
-        self._queue: "queue.Queue[_Item]" = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()  # wakes the supervisor: all done, or a worker retired
         self._workers: dict[int, threading.Thread] = {}
@@ -94,7 +95,7 @@ class PoolRunner:
         self.stats: dict[str, int] = {"requeued": 0, "sessions": 0}
 
     # -- context manager ------------------------------------------------------------------------
-    def __enter__(self) -> "PoolRunner":
+    def __enter__(self) -> PoolRunner:
         self._check_tracker()
         return self
 

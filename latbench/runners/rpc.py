@@ -21,7 +21,8 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 import numpy as np
 
@@ -139,7 +140,7 @@ class LocalRPCServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "LocalRPCServer":
+    def start(self) -> LocalRPCServer:
         if self.requested_port:
             if not port_is_free(self.host, self.requested_port):
                 raise DeviceError(
@@ -216,7 +217,7 @@ class LocalRPCServer:
         if self.log_path and self.log_path.exists():
             self.log_path.unlink()
 
-    def __enter__(self) -> "LocalRPCServer":
+    def __enter__(self) -> LocalRPCServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -4,7 +4,8 @@ link is reopened (and a hung op recorded) the same way whatever the transport.""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from latbench.artifacts import Artifact
 from latbench.devices import Device
@@ -28,7 +29,7 @@ class SerialRunner:
         self.close_hook = close_hook
         self.prober: Prober | None = None
 
-    def __enter__(self) -> "SerialRunner":
+    def __enter__(self) -> SerialRunner:
         self._connect()
         return self
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -54,7 +53,8 @@ mem = None
 for line in (rd("/proc/meminfo") or "").splitlines():
     if line.startswith("MemTotal:"): mem = round(int(line.split()[1]) / 2**20, 2)
 govs = sorted(set(filter(None, (rd(p) for p in glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor")))))
-freqs = [int(x) // 1000 for x in filter(None, (rd(p) for p in glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq")))]
+freqs = [int(x) // 1000 for x in
+         filter(None, (rd(p) for p in glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq")))]
 temps = {}
 for z in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
     t = rd(z + "/temp")
@@ -112,7 +112,7 @@ class Host:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Host":
+    def __enter__(self) -> Host:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -172,7 +172,8 @@ class SSHHost(Host):
             c.load_host_keys(str(kh))  # also where accept-new saves new keys
         elif cfg.known_hosts:
             if cfg.host_key_policy != "accept-new":
-                raise ConfigError(f"{self.source}: field 'ssh.known_hosts': {kh} does not exist (create it with `ssh-keyscan -p {cfg.port} "
+                raise ConfigError(f"{self.source}: field 'ssh.known_hosts': {kh} does not exist "
+                                  f"(create it with `ssh-keyscan -p {cfg.port} "
                                   f"{cfg.host} > {kh}` or set ssh.host_key_policy: accept-new)")
         if not cfg.known_hosts:
             try:
@@ -209,14 +210,15 @@ class SSHHost(Host):
             how = f"key file {cfg.key_file}" if key_file else "the SSH agent / ~/.ssh keys"
             if password:
                 how += " and the password"
-            raise DeviceError(f"SSH authentication failed for {who} with {how}; check ssh.user and ssh.key_file") from None
+            raise DeviceError(f"SSH authentication failed for {who} with {how}; "
+                              "check ssh.user and ssh.key_file") from None
         except paramiko.SSHException as exc:
             if "known_hosts" in str(exc) or "not found in" in str(exc):
                 raise DeviceError(f"unknown SSH host key for {cfg.host}:{cfg.port} (not in {kh}); verify and add it "
                                   f"(`ssh-keyscan -p {cfg.port} {cfg.host} >> {kh}`) or set ssh.host_key_policy: "
                                   f"accept-new") from None
             raise DeviceError(f"SSH to {who} failed: {exc}") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise DeviceError(f"SSH to {who}: no answer within {cfg.connect_timeout:g} s (host down or "
                               f"firewalled?)") from None
         except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
@@ -231,7 +233,7 @@ class SSHHost(Host):
             out = chan_out.read().decode(errors="replace")
             err = chan_err.read().decode(errors="replace")
             return chan_out.channel.recv_exit_status(), out, err
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise DeviceError(f"{self.name}: `{cmd[:80]}` did not finish within {timeout:g} s") from None
         except Exception as exc:  # paramiko.SSHException, EOFError: the link dropped
             raise DeviceError(f"{self.name}: SSH command failed ({exc.__class__.__name__}: {exc})") from None

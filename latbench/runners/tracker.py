@@ -131,7 +131,7 @@ class LocalTracker:
         return [self.python, "-m", "tvm.exec.rpc_tracker", "--host", self.host, "--port", str(self.port),
                 "--port-end", str(self.port + 1)]
 
-    def start(self) -> "LocalTracker":
+    def start(self) -> LocalTracker:
         """Start the tracker and wait until it answers a summary request."""
         if self.requested_port:
             if not port_is_free(self.host, self.requested_port):
@@ -204,7 +204,7 @@ class LocalTracker:
         assert self.proc is not None
         return self.proc.wait()
 
-    def __enter__(self) -> "LocalTracker":
+    def __enter__(self) -> LocalTracker:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -3,7 +3,7 @@
 # Python used by the `rasp4-qemu` device and its tests. Idempotent and cached: a finished sysroot is
 # marked with .done and reused. Checked recipe: ../shared/notes/arm-qemu.md.
 #
-#   scripts/setup_arm_sysroot.sh [DEST]     (default: ${LATBENCH_CACHE:-~/.cache/latbench}/arm64-python)
+#   latbench/scripts/setup_arm_sysroot.sh [DEST]     (default: ${LATBENCH_CACHE:-~/.cache/latbench}/arm64-python)
 #
 # Result: DEST/bin/python3-arm (wrapper: qemu + sysroot + site), DEST/sysroot (Debian arm64 packages,
 # extracted, not installed), DEST/site (numpy for aarch64). Needs root for `dpkg --add-architecture arm64`
@@ -57,7 +57,7 @@ fi
 # 4. Wrapper: -0 makes sys.executable the wrapper, so subprocesses re-enter qemu (binfmt is not mounted).
 cat > "$DEST/bin/python3-arm" <<EOF
 #!/bin/sh
-# aarch64 Python 3.11 under qemu (made by latbench scripts/setup_arm_sysroot.sh)
+# aarch64 Python 3.11 under qemu (made by latbench/scripts/setup_arm_sysroot.sh)
 export PYTHONPATH="$DEST/site\${PYTHONPATH:+:\$PYTHONPATH}"
 exec qemu-aarch64-static -0 "$DEST/bin/python3-arm" -L "$DEST/sysroot" "$DEST/sysroot/usr/bin/python3.11" "\$@"
 EOF
