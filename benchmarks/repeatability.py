@@ -55,7 +55,9 @@ def main() -> None:
 
     device = get_device(args.target)
     space = Space(args.resolution)
-    jobs = [Job.op(o) for o in space.distinct_ops()] + [Job.network(a) for a in sample_archs(space, args.archs, 0)]
+    jobs = [Job.op(o) for o in space.distinct_ops()]
+    if args.archs:
+        jobs += [Job.network(a) for a in sample_archs(space, args.archs, 0)]
     work = Path(args.out or tempfile.mkdtemp(prefix="lb-repeat-"))
     settings = args.settings.split(",")
     # warm the artifact cache (builds are not what is measured here)
@@ -84,7 +86,7 @@ def main() -> None:
           f"{'unstable':>10}{'rejected %':>12}")
     for s in settings:
         res = {}
-        for what in ("ops", "archs"):
+        for what in ("ops", "archs") if args.archs else ("ops",):
             tabs, unstable, rej, visits = [], 0, 0, 0
             for c in range(args.campaigns):
                 df = ok_rows(pd.read_parquet(table_path(work / f"rounds-{s}" / f"c{c}", device.name, be, what)))

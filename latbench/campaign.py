@@ -53,7 +53,8 @@ def plan_of(device: Device, **overrides: Any) -> rounds.Plan:
     """The rounds plan from the device's ``timing`` section, with CLI overrides (``None`` = keep)."""
     t = device.timing
     fields = {"rounds": t.rounds, "repeat": t.repeat, "ci_target": t.ci_target, "max_visits": t.max_visits,
-              "burst_threshold": t.burst_threshold, "reference": t.reference, "seed": t.seed}
+              "burst_threshold": t.burst_threshold, "reference": t.reference, "seed": t.seed,
+              "normalize": t.normalize}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if fields["rounds"] < 1:
         raise LatbenchError(f"--rounds must be >= 1, got {fields['rounds']}")
@@ -100,7 +101,7 @@ class Campaign:
         row = {"device": d.name, "backend": prep.backend, "target": prep.target, "number": t.number,
                "repeat": t.repeat, "min_repeat_ms": t.min_repeat_ms, "warmup": t.warmup,
                "cooldown_ms": t.cooldown_ms, "num_threads": d.threads, "emulated": d.emulated,
-               "ci_target": plan.ci_target, "burst_threshold": plan.burst_threshold,
+               "ci_target": plan.ci_target, "burst_threshold": plan.burst_threshold, "normalize": plan.normalize,
                "reference": prep.reference is not None, "runner": prep.runner,
                "versions": json.dumps(prep.extra.get("versions") or versions(), sort_keys=True),
                "host_facts": json.dumps(host_facts(), sort_keys=True)}
@@ -190,11 +191,12 @@ class Campaign:
             visits[v.key].append(rec)
 
         rng = random.Random(plan.seed)
+        stored = ReferenceLevels(prep.reference, self.device.threads)
         try:
             with make_runner(self.device, prep.runner, prep.reference, plan.visit_repeat,
                              self.backend) as runner:
                 while True:
-                    floors = rounds.reference_floors(v for vs in visits.values() for v in vs)
+                    floors = stored.merged(rounds.reference_floors(v for vs in visits.values() for v in vs))
                     need = sorted(k for k in active if rounds.needs_visit(visits[k], floors, plan))
                     if not need:
                         break
@@ -205,7 +207,9 @@ class Campaign:
                     runner.run([Visit(k, prep.artifacts[k], len(visits[k]) + 1) for k in need], on_result)
         finally:
             pbar.close()
-        floors = rounds.reference_floors(v for vs in visits.values() for v in vs)
+        campaign_levels = rounds.reference_floors(v for vs in visits.values() for v in vs)
+        floors = stored.merged(campaign_levels)
+        stored.remember(campaign_levels, visits)
         good = {k: vs for k, vs in visits.items() if k not in errors and vs}
         for k, vs in good.items():
             row = rounds.summarize_item(vs, floors, plan)
@@ -246,6 +250,54 @@ class Campaign:
             line += (f", reference {s['ref_min_ms']:.3f}–{s['ref_max_ms']:.3f} ms (drift {s['ref_drift']:.2f}×, "
                      f"median {s['ref_median_ms']:.3f})")
         return line + f", {s.get('unstable', 0)} unstable, {s.get('errors', 0)} errors"
+
+
+class ReferenceLevels:
+    """The quiet level of the reference op per board, kept beside the reference artifact (``levels.json``).
+
+    The first campaign on a board (with enough reference timings) sets it; later campaigns normalise to
+    the same level, so a campaign that runs entirely in a slow phase of the machine still gives the same
+    numbers as one in a quiet phase (each row records ``ref_level_ms``). Delete the file to start afresh.
+    """
+
+    MIN_REFS = 8
+
+    def __init__(self, reference: Any, threads: int) -> None:
+        self.path = Path(reference.root) / "levels.json" if reference is not None else None
+        self.threads = threads
+        self.levels: dict[str, float] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                self.levels = {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and v > 0}
+            except (OSError, ValueError, AttributeError):
+                log.warning("%s is unreadable; the reference level is taken from this campaign", self.path)
+
+    def _key(self, board: str) -> str:
+        return f"{board}|threads={self.threads}"
+
+    def merged(self, campaign: dict[str, float]) -> dict[str, float]:
+        return {b: self.levels.get(self._key(b), lv) for b, lv in campaign.items()}
+
+    def remember(self, campaign: dict[str, float], visits: dict[str, list[dict[str, Any]]]) -> None:
+        if self.path is None:
+            return
+        n_refs: dict[str, int] = {}
+        for vs in visits.values():
+            for v in vs:
+                b = rounds.board_of(v)
+                n_refs[b] = n_refs.get(b, 0) + 1
+        new = {self._key(b): lv for b, lv in campaign.items()
+               if self._key(b) not in self.levels and n_refs.get(b, 0) >= self.MIN_REFS}
+        if not new:
+            return
+        self.levels.update(new)
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.levels, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError as exc:  # a read-only artifact set: the level stays this campaign's
+            log.warning("cannot keep the reference level in %s (%s)", self.path, exc.strerror or exc)
 
 
 def _resolve(device: Device | str, backend: Backend | str | None) -> tuple[Device, Backend]:

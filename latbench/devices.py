@@ -29,8 +29,10 @@ Schema (every field but ``name`` and ``target`` has a default)::
                                       # each visit times ceil(repeat / rounds) repeats (see latbench.rounds)
       ci_target: 0.02                 # more visits while an item's 95 % CI half-width is above 2 % of it
       max_visits: 0                   # cap on visits per item (0: 3 x rounds); unsettled items are `unstable`
-      burst_threshold: 0.10           # a visit whose reference op ran > 10 % slower than its best is rejected
-      reference: true                 # time the reference op between visits (burst rejection)
+      burst_threshold: 0.5            # a visit whose reference op ran > 50 % slower than its quiet level is
+                                      # rejected (a burst) and taken again
+      reference: true                 # time the reference op between visits (burst rejection, normalisation)
+      normalize: true                 # each visit's latency x (reference quiet level / reference around it)
       seed: 0                         # seed of the visit order
     ssh: {host: pi4.local, port: 22, user: pi, key_file: ~/.ssh/id_ed25519}   # management (optional)
                                       # also: known_hosts, host_key_policy (reject | accept-new | warn),
@@ -157,8 +159,9 @@ class Timing(_Config):
     rounds: Int = Field(5, ge=1)  # interleaved rounds (latbench.rounds); a visit times ceil(repeat / rounds)
     ci_target: Float = Field(0.02, gt=0, lt=1)  # more visits while the CI half-width / median is above this
     max_visits: Int = Field(0, ge=0)  # cap on visits per item; 0 means 3 * rounds
-    burst_threshold: Float = Field(0.10, gt=0)  # a visit whose reference ran this much slower is rejected
+    burst_threshold: Float = Field(0.5, gt=0)  # a visit whose reference ran this much slower is rejected
     reference: StrictBool = True  # time the reference op between visits
+    normalize: StrictBool = True  # normalise each visit by the reference timed around it
     seed: Int = Field(0, ge=0)  # seed of the visit order
 
 

@@ -1,19 +1,28 @@
-"""How a latency is taken on a noisy machine: interleaved visits, burst rejection, a confidence interval.
+"""How a latency is taken on a noisy machine: interleaved visits, a reference, a confidence interval.
 
 A campaign visits every item once per *round*, in a fresh random order each round, with a short
-timing window per visit (``ceil(repeat / rounds)`` repeats of ``number`` runs). A small fixed
-*reference* op is timed on the same server between visits; a visit is *rejected* when either
-reference timing around it is more than ``burst_threshold`` above the server's fastest reference
-so far (a slow moment of the machine, not of the op) and the item is visited again. An item gets
-more visits while it has fewer accepted visits than ``rounds`` or its 95 % confidence interval is
-wider than ``ci_target`` of its latency, up to ``max_visits``; one that never settles is flagged
-``unstable``.
+timing window per visit (``ceil(repeat / rounds)`` repeats of ``number`` runs: ``--rounds 1`` is the
+old single long pass, at the same timing budget). A small fixed *reference* op is timed on the same
+server between visits (one timing serves as "after" for one visit and "before" for the next).
 
-The statistic is the **median of the accepted visits' medians**: bursts last seconds, longer than
-one visit, so one visit is the unit of independent noise; the median outvotes up to half of the
-visits being slow (a burst the reference missed) and, unlike the minimum, does not depend on how
-many visits were taken or reward one lucky moment. Its confidence interval is distribution-free
-(order statistics of a binomial(n, 1/2)), so it needs no normality of the timings.
+- **Normalisation.** On this kind of machine (a shared VM, a phone, a throttling Pi) slow phases come
+  and go over seconds and slow the op and the reference alike (measured here: correlation 0.5-0.8
+  between an op's visit and the references around it). Each visit's value is its median × the board's
+  quiet reference level / the mean of the references around it. The level is a low quantile
+  (:data:`FLOOR_QUANTILE`) of the board's reference timings, kept across campaigns beside the
+  reference artifact (``levels.json``) so that a campaign that runs wholly in a slow phase gives the
+  numbers of a quiet one.
+- **Burst rejection.** A visit whose slower reference is more than ``burst_threshold`` above the level
+  (default 50 %: the 1.6× bursts of this VM) is rejected and the item visited again: there the
+  normalisation is least trustworthy.
+- **Stop when stable.** An item gets more visits while it has fewer accepted visits than ``rounds`` or
+  its 95 % confidence interval is wider than ``ci_target`` of its latency, up to ``max_visits``; one
+  that never settles is flagged ``unstable``.
+
+The statistic is the **median of the accepted visits' (normalised) medians**: one visit is the unit of
+independent noise; the median outvotes up to half of the visits being off (a moment the reference
+missed) and, unlike the minimum, does not depend on how many visits were taken or reward one lucky
+moment. Its confidence interval is distribution-free (order statistics of a binomial(n, 1/2)).
 
 Everything here is pure: it works on visit records (dicts) and is tested without a device.
 """
@@ -27,8 +36,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 #: The statistic an item's ``median_ms`` is (recorded in the table's ``statistic`` column).
-STATISTIC = "median of accepted visit medians"
+STATISTIC = "median of accepted visit medians, each normalised by the reference around it"
+STATISTIC_RAW = "median of accepted visit medians"
 CI_LEVEL = 0.95
+#: The quantile of a board's reference timings taken as its quiet level (see :func:`reference_floors`).
+FLOOR_QUANTILE = 0.2
 
 
 @dataclass(frozen=True)
@@ -39,9 +51,10 @@ class Plan:
     repeat: int = 15
     ci_target: float = 0.02
     max_visits: int = 0
-    burst_threshold: float = 0.10
+    burst_threshold: float = 0.5
     reference: bool = True
     seed: int = 0
+    normalize: bool = True
 
     @property
     def visit_repeat(self) -> int:
@@ -77,15 +90,20 @@ def median_ci(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, 
     return float(x[best - 1]), float(x[n - best]), float(best_cov)
 
 
-def reference_floors(visits: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Per server, the fastest reference timing seen (the machine at its quietest)."""
-    floors: dict[str, float] = {}
+def board_of(v: dict[str, Any]) -> str:
+    """Which machine took a visit: a pool's server, else the device (a restarted local server is the same CPU)."""
+    return str(v.get("board") or v.get("server", ""))
+
+
+def reference_floors(visits: Iterable[dict[str, Any]], quantile: float = FLOOR_QUANTILE) -> dict[str, float]:
+    """Per board, the reference time of the machine at its quiet moments: a low quantile of every reference
+    timing seen (robust to one lucky timing, unlike the minimum; a burst lives above it)."""
+    refs: dict[str, set[float]] = {}
     for v in visits:
         for r in (v.get("ref_before_ms"), v.get("ref_after_ms")):
             if isinstance(r, (int, float)) and r > 0 and math.isfinite(r):
-                s = str(v.get("server", ""))
-                floors[s] = min(floors.get(s, math.inf), float(r))
-    return floors
+                refs.setdefault(board_of(v), set()).add(float(r))
+    return {b: float(np.quantile(sorted(rs), quantile)) for b, rs in refs.items()}
 
 
 def visit_ref(v: dict[str, Any]) -> float | None:
@@ -97,12 +115,29 @@ def visit_ref(v: dict[str, Any]) -> float | None:
 def is_rejected(v: dict[str, Any], floors: dict[str, float], threshold: float) -> bool:
     """Whether a visit was taken in a slow moment (its reference slower than the floor by > threshold)."""
     r = visit_ref(v)
-    floor = floors.get(str(v.get("server", "")))
+    floor = floors.get(board_of(v))
     return r is not None and floor is not None and r > floor * (1.0 + threshold)
 
 
 def accepted(visits: Sequence[dict[str, Any]], floors: dict[str, float], threshold: float) -> list[dict[str, Any]]:
     return [v for v in visits if not is_rejected(v, floors, threshold)]
+
+
+def value_of(v: dict[str, Any], levels: dict[str, float], normalize: bool = True) -> float:
+    """A visit's latency; normalised to the board's quiet reference level when ``normalize``: the op and the
+    reference timed around it are slowed alike by a slow moment, so ``ms * level / ref`` removes the
+    moment's slowness (the reference's own noise comes in instead, which is smaller here)."""
+    ms = float(v["median_ms"])
+    refs = [r for r in (v.get("ref_before_ms"), v.get("ref_after_ms")) if isinstance(r, (int, float)) and r > 0]
+    level = levels.get(board_of(v))
+    if not normalize or not refs or level is None:
+        return ms
+    return ms * level / float(np.mean(refs))
+
+
+def values(visits: Sequence[dict[str, Any]], levels: dict[str, float], plan: Plan) -> list[float]:
+    """The values of the accepted visits."""
+    return [value_of(v, levels, plan.normalize) for v in accepted(visits, levels, plan.burst_threshold)]
 
 
 def halfwidth(values: Sequence[float]) -> float:
@@ -118,7 +153,7 @@ def needs_visit(visits: Sequence[dict[str, Any]], floors: dict[str, float], plan
     """Whether an item gets another visit: too few accepted visits, or a CI wider than the target."""
     if len(visits) >= plan.visit_cap:
         return False
-    good = [v["median_ms"] for v in accepted(visits, floors, plan.burst_threshold)]
+    good = values(visits, floors, plan)
     if len(good) < plan.rounds:
         return True
     return plan.rounds > 1 and halfwidth(good) > plan.ci_target
@@ -127,10 +162,12 @@ def needs_visit(visits: Sequence[dict[str, Any]], floors: dict[str, float], plan
 def summarize_item(visits: Sequence[dict[str, Any]], floors: dict[str, float], plan: Plan) -> dict[str, Any]:
     """The table fields of an item from all its visits (in the order they were taken)."""
     rejected = [is_rejected(v, floors, plan.burst_threshold) for v in visits]
-    good = [v["median_ms"] for v, r in zip(visits, rejected) if not r]
+    vals = [value_of(v, floors, plan.normalize) for v in visits]
+    good = [x for x, r in zip(vals, rejected) if not r]
+    raw = [float(v["median_ms"]) for v, r in zip(visits, rejected) if not r]
     reason = ""
     if not good:  # every visit in a slow moment: keep a number, but never as a stable one
-        good, reason = [v["median_ms"] for v in visits], "every visit was taken in a slow moment"
+        good, raw, reason = vals, [float(v["median_ms"]) for v in visits], "every visit was taken in a slow moment"
     arr = np.asarray(good, dtype=float)
     med = float(np.median(arr))
     lo, hi, cov = median_ci(arr)
@@ -143,9 +180,11 @@ def summarize_item(visits: Sequence[dict[str, Any]], floors: dict[str, float], p
         "median_ms": med, "mean_ms": mean, "std_ms": float(arr.std()), "min_ms": float(arr.min()),
         "max_ms": float(arr.max()), "cv": float(arr.std() / mean) if mean else 0.0,
         "ci_low_ms": lo, "ci_high_ms": hi, "ci_level": cov, "ci_halfwidth_pct": 100 * hw if math.isfinite(hw) else None,
-        "statistic": STATISTIC, "rounds": plan.rounds, "visit_repeat": plan.visit_repeat,
+        "statistic": STATISTIC if plan.normalize else STATISTIC_RAW, "raw_median_ms": float(np.median(raw)),
+        "ref_level_ms": floors.get(board_of(visits[-1])), "rounds": plan.rounds, "visit_repeat": plan.visit_repeat,
         "n_visits": len(visits), "n_rejected": int(sum(rejected)),
-        "visits_ms": [float(v["median_ms"]) for v in visits], "visit_rejected": [bool(r) for r in rejected],
+        "visits_ms": [float(v["median_ms"]) for v in visits], "visit_values_ms": vals,
+        "visit_rejected": [bool(r) for r in rejected],
         "visit_ref_ms": [float(visit_ref(v)) if visit_ref(v) is not None else math.nan for v in visits],
         "unstable": bool(reason), "unstable_reason": reason or None,
         "number": int(visits[-1].get("number", 1)),

@@ -149,6 +149,7 @@ def time_artifact_set(root: str | Path, out: str | Path, warmup: int = 3, number
                 except (ValueError, KeyError):
                     pass  # a torn last line from an interrupted run
     entries = [e for e in manifest["entries"] if e.get("status") == "ok" and e["key"] not in done
+               and e.get("role") != "reference"
                and (keys is None or e["key"] in keys)]
     target = manifest.get("target", "")
     cuda = '"cuda"' in target or "nvidia" in target

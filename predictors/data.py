@@ -86,6 +86,11 @@ def op_data(X: Any, y: Any = None, stat: str = "median_ms") -> OpData:
     df = df[ok]
     if df.empty:
         raise LatbenchError(f"{source}: no successfully measured rows (all {n_err} have status error)")
+    if "unstable" in df and df["unstable"].fillna(False).astype(bool).any():  # used, never silently
+        bad = df.loc[df["unstable"].fillna(False).astype(bool), "key"]
+        log.warning("%s: %d of %d ops are flagged unstable (CI above the campaign's target), e.g. %s; "
+                    "re-measure them on a quieter machine for a better predictor", source, len(bad), len(df),
+                    bad.iloc[0])
     ops, ms = [], []
     for key, v in zip(df["key"], df[stat]):
         try:

@@ -43,6 +43,7 @@ def test_pool_survives_a_killed_server(tracker, x86_set, cli, tmp_path):
     import shutil
 
     from latbench.artifacts import Artifact, load_manifest
+    from latbench.runners.base import Visit
     from latbench.runners.pool import PoolRunner
 
     _, entries = load_manifest(x86_set)
@@ -72,7 +73,7 @@ def test_pool_survives_a_killed_server(tracker, x86_set, cli, tmp_path):
                 threading.Timer(0.15, victim.stop).start()
 
         with PoolRunner(pool_device(tracker.port)) as pool:
-            pool.run(items, record, progress=False)
+            pool.run([Visit(k, a) for k, a in items], lambda v, res: record(v.key, res))
         keys = [k for k, _ in rows]
         assert sorted(keys) == sorted(k for k, _ in items)  # every op exactly once: none lost, none twice
         assert killed.is_set() and not victim.alive()

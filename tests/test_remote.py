@@ -146,6 +146,7 @@ def test_board_server_in_tracker_pool_over_ssh(tmp_path, sshd, cli, x86_set):
     """The real-Pi flow on loopback: `device start` over SSH registers the tvm-free board server with a
     tracker; the pool times ops on it; `device stop` takes it out of the tracker."""
     from latbench.artifacts import load_manifest
+    from latbench.runners.base import Visit
     from latbench.runners.pool import PoolRunner
     from latbench.runners.tracker import LocalTracker, servers_of
 
@@ -163,7 +164,7 @@ def test_board_server_in_tracker_pool_over_ssh(tmp_path, sshd, cli, x86_set):
             _, entries = load_manifest(x86_set)
             rows = []
             with PoolRunner(load_device_file(path)) as pool:
-                pool.run([(e["key"], a) for e, a in entries], lambda k, r: rows.append((k, r)), progress=False)
+                pool.run([Visit(e["key"], a) for e, a in entries], lambda v, r: rows.append((v.key, r)))
             assert sorted(k for k, _ in rows) == sorted(e["key"] for e, _ in entries)
             assert all(r.get("status", "ok") == "ok" and r["server"] == addr for _, r in rows), rows
         finally:

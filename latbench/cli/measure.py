@@ -32,12 +32,14 @@ def add_rounds_args(p: argparse.ArgumentParser) -> None:
                    help="more visits while an item's 95%% CI half-width is above this fraction of it (default 0.02)")
     g.add_argument("--max-visits", type=int, default=None, help="cap on visits per item (default 3 x rounds)")
     g.add_argument("--no-reference", dest="reference", action="store_const", const=False, default=None,
-                   help="do not time the reference op between visits (no burst rejection)")
+                   help="do not time the reference op between visits (no burst rejection, no normalisation)")
+    g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False, default=None,
+                   help="keep raw visit latencies (do not normalise each by the reference timed around it)")
 
 
 def plan_args(args: argparse.Namespace) -> dict:
     return {"rounds": args.rounds, "ci_target": args.ci_target, "max_visits": args.max_visits,
-            "reference": args.reference}
+            "reference": args.reference, "normalize": args.normalize}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

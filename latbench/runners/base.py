@@ -73,8 +73,10 @@ class Prober:
     """Takes visits on one session: loads each item once, times it between two reference timings
     (the timing after one visit is the one before the next) and reads conditions once per round."""
 
-    def __init__(self, session: Session, timing: Timing, visit_repeat: int, reference: Artifact | None) -> None:
+    def __init__(self, session: Session, timing: Timing, visit_repeat: int, reference: Artifact | None,
+                 board: str | None = None) -> None:
         self.session = session
+        self.board = board  # which machine (None: the session's address, as in a pool of boards)
         self.timing = timing
         self.visit_repeat = visit_repeat
         self.reference = reference
@@ -130,7 +132,8 @@ class Prober:
                     "server": self.session.address}
         rec: dict[str, Any] = {"median_ms": float(np.median(ms)), "samples_ms": ms, "number": int(info["number"]),
                                "ref_before_ms": before, "ref_after_ms": after, "t": t0,
-                               "server": self.session.address, "max_abs_err": info.get("max_abs_err"),
+                               "server": self.session.address, "board": self.board or self.session.address,
+                               "max_abs_err": info.get("max_abs_err"),
                                "tolerance": info.get("tolerance")}
         rec.update({k: self.conds.get(k) for k in CONDITION_FIELDS})
         return rec

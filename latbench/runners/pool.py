@@ -201,7 +201,8 @@ class PoolRunner:
             r.connect_timeout, f"connecting to {host}:{port}")
         with self._lock:
             self.stats["sessions"] += 1
-        return Prober(RPCSession(sess, f"{host}:{port}", self.device.is_cuda, self.device.timing.op_timeout),
+        return Prober(RPCSession(sess, f"{host}:{port}", self.device.is_cuda, self.device.timing.op_timeout,
+                                 on_this_machine=host in ("127.0.0.1", "localhost", "::1")),
                       self.device.timing, self.visit_repeat, self.reference)
 
     def _worker(self, wid: int) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from latbench import conditions
 from latbench.conditions import RPC_FUNCTION
 from latbench.devices import Device, Timing
 from latbench.errors import DeviceError
@@ -314,8 +315,10 @@ class RPCSession:
     """A :class:`latbench.runners.base.Session` over a TVM RPC session: each item is uploaded and
     loaded into a Relax VM once; every remote call has the device's per-op timeout."""
 
-    def __init__(self, remote: Any, address: str, is_cuda: bool = False, timeout: float = 120.0) -> None:
+    def __init__(self, remote: Any, address: str, is_cuda: bool = False, timeout: float = 120.0,
+                 on_this_machine: bool = False) -> None:
         self.remote, self.address, self.is_cuda, self.timeout = remote, address, is_cuda, timeout
+        self.on_this_machine = on_this_machine
         self.items: dict[str, tuple[Any, Any, Any]] = {}
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
@@ -368,17 +371,18 @@ class RPCSession:
         return self._call(run, "timing " + key)
 
     def conditions(self) -> dict[str, Any]:
-        """From the server's ``latbench.conditions`` function (latbench's servers have it; stock ones do not)."""
+        """From the board server's ``latbench.conditions`` function; a server on this machine (TVM's own,
+        which runs sessions in a fresh interpreter) is read here; a stock remote server gives ``{}``."""
         def read() -> Any:
             try:
-                fn = self.remote.get_function(RPC_FUNCTION)
-            except Exception as exc:
-                if is_link_error(exc) and "not found" not in str(exc).lower():
-                    raise
-                return "{}"
-            return fn()
+                return self.remote.get_function(RPC_FUNCTION)()
+            except AttributeError:  # TVM: "Module has no function"
+                return None
 
-        return parse_conditions(self._call(read, "reading conditions"))
+        got = parse_conditions(self._call(read, "reading conditions"))
+        if not got and self.on_this_machine:
+            got = conditions.read()
+        return got
 
     def close(self) -> None:
         self.items.clear()

@@ -16,6 +16,8 @@ from latbench.runners.rpc import (LocalRPCServer, RPCSession, RPCTimeout, connec
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 class SerialRunner:
     """Takes the visits of a round in order on one session (reopened when its link is lost)."""
@@ -40,7 +42,8 @@ class SerialRunner:
 
     def _connect(self) -> Prober:
         if self.prober is None:
-            self.prober = Prober(self.open_session(), self.device.timing, self.visit_repeat, self.reference)
+            self.prober = Prober(self.open_session(), self.device.timing, self.visit_repeat, self.reference,
+                                 board=self.device.name)
         return self.prober
 
     def reset(self) -> None:
@@ -108,7 +111,8 @@ class RPCConnector:
             remote = connect_tracker_session(rpc.host, rpc.port, rpc.key or "", rpc.session_timeout,
                                              rpc.connect_timeout)
             address = f"tracker {rpc.address} key {rpc.key}"
-        return RPCSession(remote, address, d.is_cuda, d.timing.op_timeout)
+        return RPCSession(remote, address, d.is_cuda, d.timing.op_timeout,
+                          on_this_machine=rpc.mode == "local" or rpc.host in LOOPBACK)
 
     def close(self) -> None:
         if self.server is not None:
