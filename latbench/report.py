@@ -203,6 +203,12 @@ def section_provenance(found: Found) -> str:
             row = {"device": _device_name(df, p), "backend": _first(df, "backend"), "kind": kind,
                    "table": str(p), "rows": len(df), "ok": len(ok), "errors": int((~ok_mask(df)).sum()),
                    "median of medians (ms)": float(ok["median_ms"].median()) if len(ok) else np.nan}
+            if "ci_halfwidth_pct" in ok.columns and len(ok):  # tables of interleaved rounds (older ones lack these)
+                visits = pd.to_numeric(ok["n_visits"], errors="coerce").sum()
+                row["median CI ± (%)"] = float(pd.to_numeric(ok["ci_halfwidth_pct"], errors="coerce").median())
+                row["rejected visits"] = (f"{int(pd.to_numeric(ok['n_rejected'], errors='coerce').sum())} of "
+                                          f"{int(visits)}")
+                row["unstable"] = int(ok["unstable"].fillna(False).astype(bool).sum()) if "unstable" in ok else 0
             for c in _PROV_COLUMNS:
                 v = _first(df, c)
                 if v is not None:
