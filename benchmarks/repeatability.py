@@ -33,6 +33,10 @@ from latbench.tables import ok_rows, table_path
 from predictors.evaluate import sample_archs
 
 
+#: Named settings of the comparison (anything else: a number of rounds with the device's other settings).
+SETTINGS = {"default": {}, "one-pass": {"rounds": 1, "reference": False}}
+
+
 def cv_stats(tables: list[pd.Series]) -> dict[str, float]:
     m = pd.concat(tables, axis=1).dropna()
     cv = m.std(axis=1, ddof=0) / m.mean(axis=1)
@@ -47,7 +51,9 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--campaigns", type=int, default=3)
     ap.add_argument("--archs", type=int, default=30)
-    ap.add_argument("--settings", default="1,default", help="comma-separated rounds values ('default' = the device's)")
+    ap.add_argument("--settings", default="one-pass,default",
+                    help="comma-separated settings: 'one-pass' (the old behaviour: --rounds 1, no reference), "
+                         "'default' (the device's timing section), or a number of rounds")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--out", default=None, help="keep the tables here (default: a temporary directory)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON")
@@ -66,7 +72,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {s: [] for s in settings}
     loads = []
     for s, c in order:
-        plan = {} if s == "default" else {"rounds": int(s)}
+        plan = SETTINGS.get(s, {"rounds": int(s)} if s.isdigit() else {})
         out = work / f"rounds-{s}" / f"c{c}"
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()

@@ -255,9 +255,11 @@ class Campaign:
 class ReferenceLevels:
     """The quiet level of the reference op per board, kept beside the reference artifact (``levels.json``).
 
-    The first campaign on a board (with enough reference timings) sets it; later campaigns normalise to
-    the same level, so a campaign that runs entirely in a slow phase of the machine still gives the same
-    numbers as one in a quiet phase (each row records ``ref_level_ms``). Delete the file to start afresh.
+    Every campaign on a board with enough reference timings offers its own level (a low quantile of its
+    references); the kept level is the lowest offered, so it converges on the machine's quiet speed and a
+    campaign that runs entirely in a slow phase still normalises to it (each row records the
+    ``ref_level_ms`` it used, so tables taken before a lower level was found can be rescaled). Delete the
+    file to start afresh (e.g. after moving the device to another host).
     """
 
     MIN_REFS = 8
@@ -277,7 +279,7 @@ class ReferenceLevels:
         return f"{board}|threads={self.threads}"
 
     def merged(self, campaign: dict[str, float]) -> dict[str, float]:
-        return {b: self.levels.get(self._key(b), lv) for b, lv in campaign.items()}
+        return {b: min(self.levels.get(self._key(b), lv), lv) for b, lv in campaign.items()}
 
     def remember(self, campaign: dict[str, float], visits: dict[str, list[dict[str, Any]]]) -> None:
         if self.path is None:
@@ -288,7 +290,7 @@ class ReferenceLevels:
                 b = rounds.board_of(v)
                 n_refs[b] = n_refs.get(b, 0) + 1
         new = {self._key(b): lv for b, lv in campaign.items()
-               if self._key(b) not in self.levels and n_refs.get(b, 0) >= self.MIN_REFS}
+               if n_refs.get(b, 0) >= self.MIN_REFS and lv < self.levels.get(self._key(b), float("inf"))}
         if not new:
             return
         self.levels.update(new)

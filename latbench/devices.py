@@ -28,7 +28,7 @@ Schema (every field but ``name`` and ``target`` has a default)::
       rounds: 5                       # interleaved rounds: every item visited once per round, shuffled;
                                       # each visit times ceil(repeat / rounds) repeats (see latbench.rounds)
       ci_target: 0.02                 # more visits while an item's 95 % CI half-width is above 2 % of it
-      max_visits: 0                   # cap on visits per item (0: 3 x rounds); unsettled items are `unstable`
+      max_visits: 0                   # cap on visits per item (0: max(rounds, 9)); unsettled ones are `unstable`
       burst_threshold: 0.5            # a visit whose reference op ran > 50 % slower than its quiet level is
                                       # rejected (a burst) and taken again
       reference: true                 # time the reference op between visits (burst rejection, normalisation)
@@ -158,7 +158,7 @@ class Timing(_Config):
     op_timeout: Float = Field(120.0, ge=1)  # s; one op's timing may not take longer
     rounds: Int = Field(5, ge=1)  # interleaved rounds (latbench.rounds); a visit times ceil(repeat / rounds)
     ci_target: Float = Field(0.02, gt=0, lt=1)  # more visits while the CI half-width / median is above this
-    max_visits: Int = Field(0, ge=0)  # cap on visits per item; 0 means 3 * rounds
+    max_visits: Int = Field(0, ge=0)  # cap on visits per item; 0 means max(rounds, 9) (latbench.rounds)
     burst_threshold: Float = Field(0.5, gt=0)  # a visit whose reference ran this much slower is rejected
     reference: StrictBool = True  # time the reference op between visits
     normalize: StrictBool = True  # normalise each visit by the reference timed around it

@@ -30,7 +30,7 @@ def add_rounds_args(p: argparse.ArgumentParser) -> None:
                         "(default 5; 1 = one long pass per item, the old behaviour)")
     g.add_argument("--ci-target", type=float, default=None,
                    help="more visits while an item's 95%% CI half-width is above this fraction of it (default 0.02)")
-    g.add_argument("--max-visits", type=int, default=None, help="cap on visits per item (default 3 x rounds)")
+    g.add_argument("--max-visits", type=int, default=None, help="cap on visits per item (default max(rounds, 9))")
     g.add_argument("--no-reference", dest="reference", action="store_const", const=False, default=None,
                    help="do not time the reference op between visits (no burst rejection, no normalisation)")
     g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False, default=None,
