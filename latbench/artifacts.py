@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from latbench.errors import LatbenchError
 from latbench.settings import cache_root
@@ -45,27 +45,31 @@ def artifact_id(key: str, backend: str, settings: dict[str, Any], target_json: s
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class _Member:
+    """A read-only attribute naming one file of an artifact directory (``artifact.lib`` is ``root/lib.so``)."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    @overload
+    def __get__(self, artifact: None, owner: type) -> _Member: ...
+    @overload
+    def __get__(self, artifact: Artifact, owner: type | None = None) -> Path: ...
+
+    def __get__(self, artifact: Artifact | None, owner: type | None = None) -> Path | _Member:
+        return self if artifact is None else artifact.root / self.filename
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """One artifact directory."""
+    """One artifact directory (its files: the module docstring)."""
 
     root: Path
 
-    @property
-    def lib(self) -> Path:
-        return self.root / "lib.so"
-
-    @property
-    def input(self) -> Path:
-        return self.root / "input.npy"
-
-    @property
-    def expected(self) -> Path:
-        return self.root / "expected.npy"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.root / "meta.json"
+    lib = _Member("lib.so")
+    input = _Member("input.npy")
+    expected = _Member("expected.npy")
+    meta_path = _Member("meta.json")
 
     def meta(self) -> dict[str, Any]:
         return json.loads(self.meta_path.read_text())

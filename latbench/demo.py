@@ -14,8 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from latbench.backends.base import get_backend
+from latbench.campaign import measure_archs
 from latbench.devices import get_device
+from latbench.sampling import sample_ops
 from latbench.space import Arch, Space
+from latbench.tables import ok_rows, read_table, table_path
+from predictors import GBDTPredictor, LUTPredictor, load_predictor, save_predictor
+from predictors.evaluate import evaluate_predictor, format_metrics, interleave, sample_archs
+from search.run import main as search_main
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +32,6 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
              search_epochs: int = 3, search_batches: int = 30, cache: str | Path | None = None,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step and return (and write to ``OUT/summary.json``) a summary of each result."""
-    from latbench.backends.base import get_backend
-    from latbench.campaign import measure_archs
-    from latbench.sampling import sample_ops
-    from latbench.tables import ok_rows, table_path
-    from predictors import GBDTPredictor, LUTPredictor, load_predictor, save_predictor
-    from latbench.tables import read_table
-    from predictors.evaluate import evaluate_predictor, format_metrics, interleave, sample_archs
 
     out = Path(out)
     data = out / "data"
@@ -94,7 +94,6 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
 
     # 4. search with the calibrated LUT
     done = step("search")
-    from search.run import main as search_main
 
     search_out = out / "search"
     argv = ["--predictor", str(out / "lut.pkl"), "--out", str(search_out), "--epochs", str(search_epochs),
@@ -120,7 +119,7 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
     # 6. report
     done = step("report")
     try:
-        from latbench.report import build_report
+        from latbench.report import build_report  # lazy: imports matplotlib
 
         path = build_report(out / "report.html", data, out, include_help=True, bootstrap=50, adapt=False)
         done({"report": str(path)})

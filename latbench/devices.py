@@ -60,7 +60,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import Self
 
 from latbench import settings
-from latbench.errors import ConfigError
+from latbench.errors import ConfigError, read_config_text
 
 #: The embedded default device: this machine's CPU through a local RPC server.
 LOCAL_CPU: dict[str, Any] = {
@@ -372,10 +372,7 @@ def device_from_dict(d: Any, source: str = "<dict>", default_name: str | None = 
 def load_device_file(path: str | Path) -> Device:
     """Load and validate one device YAML."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read device config {path}: {e.strerror}") from None
+    text = read_config_text(path, "device config")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -6,6 +6,8 @@ traceback only under ``-v``. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LatbenchError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do."""
@@ -25,3 +27,12 @@ class ConfigError(LatbenchError):
 
 class AdaptError(LatbenchError):
     """Adaptation cannot run (too few samples, missing column, bad file, a malformed NAS-Bench-201 cell)."""
+
+
+def read_config_text(path: Path, what: str) -> str:
+    """The text of configuration file ``path``; one that cannot be read is a :class:`ConfigError` naming
+    it as ``what`` ("device config", "arch file")."""
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None

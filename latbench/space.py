@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Sequence
 
-from latbench.errors import ConfigError, LatbenchError
+from latbench.errors import ConfigError, LatbenchError, read_config_text
 from latbench.ops import OpSpec, conv_out
 
 KERNELS: tuple[int, ...] = (3, 5, 7)
@@ -256,10 +256,7 @@ class Arch:
     def load(cls, path: str | Path) -> Arch:
         """Read an arch JSON file; errors name the file."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read arch file {path}: {e.strerror}") from None
+        text = read_config_text(path, "arch file")
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from latbench.campaign import measure_archs
+from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.metrics import accuracy_metrics
 from latbench.space import Arch, Space
-from latbench.tables import ok_rows
+from latbench.tables import ok_rows, table_path
 from predictors.base import BasePredictor
+from predictors.lut import LUTPredictor
 
 __all__ = ["accuracy_metrics", "check_device", "evaluate_predictor", "format_metrics", "interleave",
            "measured_latencies", "sample_archs", "scatter_plot"]
@@ -103,7 +106,6 @@ def measured_networks(archs: Sequence[Arch], device: Any, out_dir: str | Path, b
                       progress: bool = False, ops: Sequence[Any] = ()) -> pd.DataFrame:
     """Measure whole networks (cached/resumable), ``ops`` timed in the same interleaved rounds; returns
     the archs table rows of the networks measured OK (in ``archs`` order)."""
-    from latbench.campaign import measure_archs  # deferred: imports the build machinery (torch, tvm)
 
     df = measure_archs(list(archs), device, out_dir, backend=backend, progress=progress, ops=ops)
     ok = ok_rows(df) if len(df) else df
@@ -149,7 +151,6 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     ``device`` is a :class:`latbench.devices.Device`, a device name or a YAML path. Writes
     ``<report_dir>/<name>-eval.{csv,json,png}`` (default ``report_dir``: ``out_dir/<device>/eval``).
     """
-    from latbench.devices import Device, get_device
 
     pred._check_fitted()
     device = device if isinstance(device, Device) else get_device(str(device))
@@ -175,9 +176,6 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     predicted = np.asarray(pred.predict(archs))
     result["metrics"] = accuracy_metrics(predicted, measured)
     if joint:
-        from latbench.tables import table_path
-        from predictors.lut import LUTPredictor
-
         lut = LUTPredictor().fit(table_path(out_dir, device.name, rows["backend"].iloc[0], "ops"))
         if calibrate:
             lut.fit_calibration(cal, cal_ms)

@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # `--help` and argument errors stay instant.
     import torch
 
-    from search.data import load_dataset
-    from search.trainer import ProxylessSearch, SearchConfig, check_epochs
+    from search.data import load_dataset  # lazy: imports torch
+    from search.trainer import ProxylessSearch, SearchConfig, check_epochs  # lazy: imports torch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,20 +31,25 @@ class TorchEager(HostBackend):
     name = "torch"
     description = "PyTorch eager (inference_mode), the same op modules, in its own process"
 
+    def prepare(self, module: Any) -> Callable[[Any], Any]:
+        """What runs the op (eager: the module itself); called with torch's thread count already set."""
+        return module
+
     def make_callable(self, module: Any, x: Any, workdir: Path, threads: int) -> Callable[[], Any]:
         import torch
 
         torch.set_num_threads(threads)
+        fn = self.prepare(module)
 
         def run() -> Any:
             with torch.inference_mode():
-                return module(x).numpy()
+                return fn(x).numpy()
 
         return run
 
 
 @register_backend
-class TorchCompile(HostBackend):
+class TorchCompile(TorchEager):
     name = "torch-compile"
     description = "torch.compile (inductor) of the same op modules, in its own process"
 
@@ -52,17 +57,10 @@ class TorchCompile(HostBackend):
         if shutil.which("g++") is None and shutil.which("c++") is None:
             raise LatbenchError("backend torch-compile needs a C++ compiler (apt-get install g++)")
 
-    def make_callable(self, module: Any, x: Any, workdir: Path, threads: int) -> Callable[[], Any]:
+    def prepare(self, module: Any) -> Callable[[Any], Any]:
         import torch
 
-        torch.set_num_threads(threads)
-        compiled = torch.compile(module, dynamic=False)
-
-        def run() -> Any:
-            with torch.inference_mode():
-                return compiled(x).numpy()
-
-        return run
+        return torch.compile(module, dynamic=False)
 
 
 @register_backend

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.backends.base import Backend, register_backend
+from latbench.backends.cuda import compile_cuda_library
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 
@@ -51,7 +52,6 @@ class TVMBackend(Backend):
         t1 = time.perf_counter()
         notes = dict(notes)
         if device.is_cuda:  # needs a libcuda stub + nvcc, so it compiles in a child process
-            from latbench.backends.cuda import compile_cuda_library
 
             notes.update(compile_cuda_library(mod, device, path))
         else:

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from latbench.adapt import (AdaptData, AdaptError, ProxyAdapter, adaptation_curve, check_k, data_from_wide,
+                           features_for, format_summary, save_adapter, summarize)
+from latbench.analysis import is_long, long_to_matrix, read_any, wide_to_matrix
+from latbench.tables import ok_mask
+from predictors import load_predictor
+
 log = logging.getLogger(__name__)
 
 
@@ -44,14 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_from_predictor(args: argparse.Namespace):
-    from latbench.adapt import AdaptData, AdaptError, features_for
-    from latbench.analysis import is_long, read_any
-    from latbench.tables import ok_mask
-
-    try:
-        from predictors import load_predictor
-    except ImportError as e:  # pragma: no cover - the predictors package ships with latbench
-        raise AdaptError(f"cannot import the predictors package ({e}); use --proxy-column instead") from None
     pred = load_predictor(args.proxy)
     df = read_any(args.samples)
     if "arch" not in df.columns:
@@ -81,9 +79,6 @@ def _data_from_predictor(args: argparse.Namespace):
 
 
 def _data_from_column(args: argparse.Namespace):
-    from latbench.adapt import AdaptError, data_from_wide
-    from latbench.analysis import is_long, long_to_matrix, read_any, wide_to_matrix
-
     raw = read_any(args.samples)
     # A NAS-Bench-201 table: the cell string is the id, so features can be derived from it.
     id_col = "arch_str" if "arch_str" in raw.columns else args.id_column
@@ -103,8 +98,6 @@ def _data_from_column(args: argparse.Namespace):
                              "target with --target")
         target = others[0]
     if arch_json:
-        from latbench.adapt import features_for
-
         data = data_from_wide(matrix, args.proxy_column, target, feature_kind=None)
         data.features = features_for([arch_json[i] for i in data.ids], "arch") if len(data) else None
         return data, {"proxy_kind": "column", "proxy": args.proxy_column, "target": target, "feature_kind": "arch"}
@@ -114,9 +107,6 @@ def _data_from_column(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.adapt import (AdaptError, ProxyAdapter, adaptation_curve, check_k, format_summary,
-                                save_adapter, summarize)
-
     data, meta = _data_from_predictor(args) if args.proxy else _data_from_column(args)
     check_k(args.k, data)
     try:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from latbench.backends.base import DEFAULT_BACKEND, available_backends
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("backends", help="list backends (how ops are compiled and timed)",
@@ -11,8 +13,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.backends.base import DEFAULT_BACKEND, available_backends
-
     for name, desc in available_backends().items():
         mark = "*" if name == DEFAULT_BACKEND else " "
         print(f"{mark} {name:<14} {desc}")

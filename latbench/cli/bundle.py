@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from latbench.devices import get_device
+from latbench.runners.bundle import build_bundle, bundle_info
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,9 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.devices import get_device
-    from latbench.runners.bundle import build_bundle, bundle_info
-
     device = get_device(args.target)
     out = build_bundle(device, args.out, args.python_version)
     info = bundle_info(out)

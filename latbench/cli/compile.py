@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.campaign import Job, compile_jobs
 from latbench.cli.measure import add_device_args
 from latbench.cli.ops import add_space_args
+from latbench.devices import get_device
+from latbench.space import Arch, Space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.campaign import Job, compile_jobs
-    from latbench.devices import get_device
-    from latbench.space import Arch, Space
-
     device = get_device(args.target)
     if args.arch:
         jobs = [Job.network(Arch.load(args.arch))]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from latbench.demo import run_demo
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,8 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.demo import run_demo
-
     run_demo(args.out, args.target, args.backend, args.resolution, n_eval=args.n_eval,
              search_epochs=args.search_epochs, search_batches=args.search_batches, cache=args.cache)
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.devices import available_devices, get_device
+from latbench.errors import LatbenchError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devices", help="list device configurations",
@@ -15,9 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.devices import available_devices, get_device
-    from latbench.errors import LatbenchError
-
     rows = []
     for name, path in sorted(available_devices().items()):
         try:

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from latbench.devices import get_device
+from latbench.errors import LatbenchError
+from predictors import load_predictor, save_predictor
+from predictors.evaluate import evaluate_predictor, format_metrics
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from latbench.devices import get_device
-    from latbench.errors import LatbenchError
-    from predictors import load_predictor, save_predictor
-    from predictors.evaluate import evaluate_predictor, format_metrics
-
     if args.save_calibrated and not args.calibrate:
         raise LatbenchError("--save-calibrated needs --calibrate K")
     pred = load_predictor(args.predictor)

@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.errors import LatbenchError
+from latbench.space import Arch
+from latbench.tables import concat_tables, ok_rows
+from predictors import GBDTPredictor, LUTPredictor, save_predictor
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,10 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[float]]:
     """Archs and measured median ms from arch tables (ok rows; refuses another device's table)."""
-    from latbench.errors import LatbenchError
-    from latbench.space import Arch
-    from latbench.tables import concat_tables, ok_rows
-
     df = concat_tables(paths)
     if "arch" not in df.columns:
         raise LatbenchError(f"{', '.join(paths)}: not an architecture table (no 'arch' column); "
@@ -53,9 +54,6 @@ def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[f
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.errors import LatbenchError
-    from predictors import GBDTPredictor, LUTPredictor, save_predictor
-
     space_kw = {k: getattr(args, k) for k in ("resolution", "width_mult", "n_classes") if getattr(args, k)}
     if args.proxylessnas_yaml:
         if args.kind != "lut":

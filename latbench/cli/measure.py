@@ -6,7 +6,16 @@ import logging
 import sys
 from pathlib import Path
 
+from latbench.artifacts import ArtifactCache
+from latbench.backends.base import get_backend
+from latbench.campaign import Campaign, Job, plan_of
 from latbench.cli.ops import add_space_args
+from latbench.devices import get_device
+from latbench.offline import measure_artifacts
+from latbench.ops import OpSpec
+from latbench.sampling import sample_ops
+from latbench.space import Space
+from latbench.tables import ok_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +73,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.backends.base import get_backend
-    from latbench.campaign import Campaign, Job, plan_of
-    from latbench.devices import get_device
-    from latbench.artifacts import ArtifactCache
-    from latbench.space import Space
-    from latbench.tables import ok_rows
-
     device = get_device(args.target)
     plan = plan_of(device, **plan_args(args))  # bad values fail before anything is built
     if args.artifacts:
-        from latbench.offline import measure_artifacts
-
         df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose, **plan_args(args))
     else:
         backend = get_backend(args.backend)
         space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
         if args.op:
-            from latbench.ops import OpSpec
-
             ops = [OpSpec.parse(k) for k in args.op]
         else:
             ops = list(space.distinct_ops())
         if args.sample:
-            from latbench.sampling import sample_ops
-
             ops += sample_ops(args.sample, args.seed)
         jobs = [Job.op(o) for o in dict.fromkeys(ops)]
         campaign = Campaign(device, backend, Path(args.out), ArtifactCache(args.cache),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.analysis import format_matrix, load_matrix, rank_correlations
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,14 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.analysis import format_matrix, load_matrix, rank_correlations
-
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     matrix = load_matrix(args.tables, id_column=args.id_column, devices=devices, kind=args.kind)
     res = rank_correlations(matrix, bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
                             kendall_bootstrap=not args.no_kendall_ci)
     if args.heatmap:
-        from latbench.plots import correlation_heatmap
+        from latbench.plots import correlation_heatmap  # lazy: imports matplotlib
 
         correlation_heatmap(res.spearman, f"Spearman ρ over shared entries ({len(matrix)} ids)", args.heatmap)
     if args.json:

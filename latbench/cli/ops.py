@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.features import op_features
 from latbench.space import Space
 
 
@@ -28,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
     space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
     ops = space.distinct_ops()
     if args.json:
-        from latbench.features import op_features
-
         print(json.dumps([{"key": o.key, **op_features(o)} for o in ops], indent=1))
     else:
         print("\n".join(o.key for o in ops))

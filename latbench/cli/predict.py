@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from latbench.space import Arch
+from predictors import load_predictor
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict an architecture's latency with a saved predictor",
@@ -18,9 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.space import Arch
-    from predictors import load_predictor
-
     pred = load_predictor(args.predictor)
     results = []
     for path in args.arch:

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.report import build_report
+    from latbench.report import build_report  # lazy: imports matplotlib
 
     out = build_report(args.out, args.data, args.runs, include_help=not args.no_published,
                        help_path=args.published, bootstrap=args.bootstrap, adapt=not args.no_adapt)

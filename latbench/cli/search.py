@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from search.run import build_parser, result_line
+from search.run import run as run_search
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from search.run import build_parser
-
     p = sub.add_parser("search", parents=[build_parser(add_help=False, verbose=False)],
                        help="ProxylessNAS search with a latency predictor (writes OUT/arch.json)",
                        description="Train a path-binarized supernet on Fashion-MNIST (or --data) and update its "
@@ -16,8 +17,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.run import result_line
-    from search.run import run as run_search
-
     print(result_line(args, run_search(args)))
     return 0

@@ -5,6 +5,9 @@ import argparse
 
 import pandas as pd
 
+from latbench.errors import LatbenchError
+from latbench.tables import read_table
+
 DEFAULT_COLUMNS = ["key", "device", "backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "n_visits",
                    "n_rejected", "std_ms", "min_ms", "num_threads"]
 
@@ -23,9 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from latbench.errors import LatbenchError
-    from latbench.tables import read_table
-
     df = read_table(args.path)
     unstable = df["unstable"].fillna(False).astype(bool) if "unstable" in df else None
     if unstable is not None and unstable.any() and not args.csv:  # never shown as if it were stable

@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from latbench.errors import LatbenchError
+from latbench.runners.tracker import LocalTracker, format_summary, pid_file_default, stop_pid, tracker_summary
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -37,8 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from latbench.runners.tracker import LocalTracker, pid_file_default
-
     if args.background:
         pid_file = Path(args.pid_file) if args.pid_file else pid_file_default(args.port)
         pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +63,6 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from latbench.runners.tracker import format_summary, tracker_summary
-
     summary = tracker_summary(args.host, args.port, args.timeout)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -74,9 +73,6 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from latbench.errors import LatbenchError
-    from latbench.runners.tracker import pid_file_default, stop_pid
-
     pid_file = Path(args.pid_file) if args.pid_file else pid_file_default(args.port)
     if not pid_file.exists():
         raise LatbenchError(f"no PID file {pid_file}; was the tracker started with `latbench tracker start "
