@@ -146,7 +146,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         arm_libs = {json.loads((p.parent / "meta.json").read_text())["key"]: p.parent
                     for p in arm_set.rglob("lib.so")}
         key = next(k for k in df["key"] if k in x86 and k in arm_libs)
-        from latbench.runtime_timer import ArtifactTimer
+        from latbench.board.runtime_timer import ArtifactTimer
 
         timer = ArtifactTimer()
         xin = np.load(x86[key].input)

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from latbench import conditions, timing
 from latbench.artifacts import Artifact
+from latbench.board import conditions, timing
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.jobs import Job

@@ -26,11 +26,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from latbench import conditions
-from latbench.conditions import RPC_FUNCTION
+from latbench.board import conditions
+from latbench.board.conditions import RPC_FUNCTION
+from latbench.board.timing import check_fields, number_for, output_error, summarize
 from latbench.devices import Device, Timing
 from latbench.errors import DeviceError
-from latbench.timing import check_fields, number_for, output_error, summarize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,54 +28,7 @@ from latbench.errors import ConfigError, DeviceError
 log = logging.getLogger(__name__)
 
 #: Facts script run with the board's Python (stdlib only; reads /proc and /sys, never fails).
-FACTS_SCRIPT = r'''
-import glob, json, os, platform, sys
-def rd(p):
-    try:
-        with open(p) as f: return f.read().strip()
-    except OSError: return None
-cpu = board = part = None
-PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-         "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-         "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2"}
-for line in (rd("/proc/cpuinfo") or "").splitlines():
-    if ":" not in line: continue
-    k, v = [x.strip() for x in line.split(":", 1)]
-    k = k.lower()
-    if k in ("model name", "cpu model") and not cpu: cpu = v
-    elif k == "hardware" and not board: board = v
-    elif k == "model" and not v.isdigit(): board = v
-    elif k == "cpu part" and not part: part = PARTS.get(v.lower(), v)
-cpu = cpu or part
-board = rd("/proc/device-tree/model") or board
-if board: board = board.strip("\x00")
-mem = None
-for line in (rd("/proc/meminfo") or "").splitlines():
-    if line.startswith("MemTotal:"): mem = round(int(line.split()[1]) / 2**20, 2)
-govs = sorted(set(filter(None, (rd(p) for p in glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor")))))
-freqs = [int(x) // 1000 for x in
-         filter(None, (rd(p) for p in glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq")))]
-temps = {}
-for z in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
-    t = rd(z + "/temp")
-    if t and t.lstrip("-").isdigit(): temps[rd(z + "/type") or os.path.basename(z)] = int(t) / 1000
-out = {"uname": " ".join(platform.uname()), "machine": platform.machine(), "cpu_model": cpu, "board": board,
-       "cores": os.cpu_count(), "mem_gb": mem, "governors": govs, "freq_mhz": freqs, "temperature_c": temps,
-       "python": platform.python_version()}
-bundle = sys.argv[1] if len(sys.argv) > 1 else ""
-if bundle and os.path.isdir(os.path.join(bundle, "site")): sys.path.insert(0, os.path.join(bundle, "site"))
-try:
-    import tvm_ffi; out["tvm_ffi"] = getattr(tvm_ffi, "__version__", "?")
-except Exception as e: out["tvm_ffi"] = None
-b = rd(os.path.join(bundle, "bundle.json")) if bundle else None
-if b:
-    b = json.loads(b); out["tvm_runtime"] = "%s (latbench bundle, %s)" % (b.get("apache-tvm"), b.get("arch"))
-else:
-    try:
-        import tvm; out["tvm_runtime"] = tvm.__version__ + " (full tvm)"
-    except Exception: out["tvm_runtime"] = None
-print(json.dumps(out))
-'''
+FACTS_SCRIPT = Path(__file__).resolve().parent.parent / "board" / "facts.py"
 
 
 class Host:
@@ -314,7 +267,7 @@ def workdir(device: Device, host: Host) -> str:
 def board_info(device: Device, host: Host) -> dict[str, Any]:
     """Facts of the board: uname, CPU, cores, memory, governors, temperature, Python, TVM runtime."""
     wd = workdir(device, host)
-    rc, out, err = host.run(f"{host.python} - {shlex.quote(wd + '/bundle')}", 60, stdin=FACTS_SCRIPT)
+    rc, out, err = host.run(f"{host.python} - {shlex.quote(wd + '/bundle')}", 60, stdin=FACTS_SCRIPT.read_text())
     if rc != 0:
         raise DeviceError(f"{host.name}: cannot run {host.python} on the board (exit {rc}): "
                           f"{(err or out).strip()[-200:]}; set ssh.python to the board's Python 3")

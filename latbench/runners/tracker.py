@@ -4,7 +4,8 @@ The tracker (``python -m tvm.exec.rpc_tracker``) is a directory: RPC servers reg
 device key and clients ask it for a free server of a key. latbench's device pool
 (:mod:`latbench.runners.pool`) reads its summary to see how many servers a key has.
 
-Every call here has a timeout; TVM's own tracker client has none.
+Every call here has a timeout; TVM's own tracker client has none. The wire protocol is
+:mod:`latbench.board.tracker_protocol` (shared with the board server).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -20,40 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from latbench.board import tracker_protocol as proto
 from latbench.errors import DeviceError
 from latbench.runners.rpc import free_port, kill_group, port_is_free, port_is_open
 
 log = logging.getLogger(__name__)
-
-# TVM's tracker protocol (tvm/rpc/base.py): a magic word, then length-prefixed JSON messages.
-RPC_TRACKER_MAGIC = 0x2F271
-CODE_SUCCESS = 0
-CODE_SUMMARY = 6
-
-
-def _recvall(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the tracker")
-        buf += chunk
-    return buf
-
-
-def _sendjson(sock: socket.socket, data: Any) -> None:
-    import json
-
-    raw = json.dumps(data).encode()
-    sock.sendall(struct.pack("<i", len(raw)) + raw)
-
-
-def _recvjson(sock: socket.socket) -> Any:
-    import json
-
-    size = struct.unpack("<i", _recvall(sock, 4))[0]
-    return json.loads(_recvall(sock, size).decode())
-
 
 def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
     """The tracker's summary: ``{"queue_info": {key: {free, pending}}, "server_info": [...]}``.
@@ -63,17 +34,16 @@ def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict[str, Any
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-            if struct.unpack("<i", _recvall(s, 4))[0] != RPC_TRACKER_MAGIC:
+            if not proto.handshake(s):
                 raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
-            _sendjson(s, [CODE_SUMMARY])
-            reply = _recvjson(s)
+            proto.sendjson(s, [proto.CODE_SUMMARY])
+            reply = proto.recvjson(s)
     except DeviceError:
         raise
     except (OSError, ValueError) as exc:
         raise DeviceError(f"no RPC tracker at {host}:{port} ({exc.__class__.__name__}: {exc}); "
                           f"start one with `latbench tracker start --port {port}`") from None
-    if not (isinstance(reply, list) and reply and reply[0] == CODE_SUCCESS):
+    if not (isinstance(reply, list) and reply and reply[0] == proto.CODE_SUCCESS):
         raise DeviceError(f"tracker {host}:{port} answered the summary request with {reply!r}")
     return reply[1]
 
