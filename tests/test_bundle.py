@@ -109,7 +109,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         pytest.skip("qemu-user-static is not installed")
     from latbench.devices import get_device
     from latbench.errors import DeviceError
-    from latbench.runners.emulated import ensure_arm_python
+    from latbench.boards.emulated import ensure_arm_python
 
     try:
         ensure_arm_python()

@@ -47,7 +47,7 @@ def test_device_info_over_ssh(tmp_path, sshd, cli):
 
 
 def test_host_key_policies(tmp_path, sshd):
-    from latbench.runners.ssh import SSHHost
+    from latbench.boards.ssh import SSHHost
 
     kh = tmp_path / "empty_known_hosts"
     kh.write_text("")

@@ -30,14 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open(name: str):
     from latbench.devices import get_device
-    from latbench.runners.ssh import open_host
+    from latbench.boards.server import open_host
 
     device = get_device(name)
     return device, open_host(device)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from latbench.runners.ssh import board_info, governor_warning
+    from latbench.boards.server import board_info, governor_warning
 
     device, host = _open(args.name)
     with host:
@@ -69,7 +69,7 @@ def run_start(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from latbench.runners.bundle import bundle_info, cached_bundle
-    from latbench.runners.ssh import start_server
+    from latbench.boards.server import start_server
 
     device, host = _open(args.name)
     bundle = Path(args.bundle) if args.bundle else cached_bundle(device)
@@ -84,7 +84,7 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from latbench.runners.ssh import stop_server
+    from latbench.boards.server import stop_server
 
     device, host = _open(args.name)
     with host:

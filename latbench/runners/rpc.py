@@ -277,9 +277,6 @@ def check_reachable(device: Device) -> None:
     if rpc.mode == "local":
         return
     if rpc.mode == "direct":
-        from latbench.runners.emulated import start_if_emulated
-
-        start_if_emulated(device)  # an emulated board (qemu) is started on demand
         if not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
             raise DeviceError(
                 f"no TVM RPC server at {rpc.host}:{rpc.port} for device {device.name!r}; start the board's server "
