@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from latbench.backends.base import DEFAULT_BACKEND
-from latbench.runners.rpc import free_port
+from latbench.runners.process import free_port
 from remote_fixtures import NO_TVM_PRELUDE, arm_set, x86_set, write_yaml  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent

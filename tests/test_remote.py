@@ -10,7 +10,7 @@ import pytest
 
 from latbench.devices import load_device_file
 from latbench.errors import DeviceError
-from latbench.runners.rpc import free_port, port_is_open
+from latbench.runners.process import free_port, port_is_open
 from remote_fixtures import sshd, write_yaml  # noqa: F401  (fixture)
 
 BOARD_PYTHON = "/usr/bin/python3"  # Debian's python3: no tvm, no numpy — a board without a TVM install

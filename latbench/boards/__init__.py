@@ -12,7 +12,7 @@ from latbench.boards.emulated import emulator_of
 from latbench.boards.server import start_server
 from latbench.devices import Device
 from latbench.runners.bundle import cached_bundle
-from latbench.runners.rpc import port_is_open
+from latbench.runners.process import port_is_open
 
 
 def prepare(device: Device) -> bool:

@@ -26,7 +26,8 @@ from latbench.board import conditions, timing
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.jobs import Job
-from latbench.runners.rpc import RPCLinkError, RPCTimeout, first_line, kill_group
+from latbench.runners.process import kill_group
+from latbench.runners.rpc import RPCLinkError, RPCTimeout, first_line
 
 
 def _worker() -> None:

@@ -25,7 +25,8 @@ from latbench.board import tracker_protocol as proto
 from latbench.devices import Device
 from latbench.errors import DeviceError
 from latbench.runners.base import OnResult, Prober, Visit
-from latbench.runners.rpc import RPCSession, RPCTimeout, call_with_timeout, first_line, is_link_error, port_is_open
+from latbench.runners.process import port_is_open
+from latbench.runners.rpc import RPCSession, RPCTimeout, call_with_timeout, first_line, is_link_error
 from latbench.runners.tracker import servers_of, tracker_summary
 
 log = logging.getLogger(__name__)

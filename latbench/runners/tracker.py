@@ -13,18 +13,16 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from latbench.board import tracker_protocol as proto
 from latbench.errors import DeviceError
-from latbench.runners.rpc import free_port, kill_group, port_is_free, port_is_open
+from latbench.runners.process import ProcessGroupServer, port_is_open
 
 log = logging.getLogger(__name__)
+
 
 def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
     """The tracker's summary: ``{"queue_info": {key: {free, pending}}, "server_info": [...]}``.
@@ -74,78 +72,35 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class LocalTracker:
+class LocalTracker(ProcessGroupServer):
     """A TVM RPC tracker subprocess on this machine, in its own process group.
 
     ``with LocalTracker(port=0) as t: ...`` picks a free port (``t.port``); leaving the block
     kills the tracker. Servers register with ``--tracker t.address --key KEY``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0,
-                 python: str | None = None, log_path: str | Path | None = None) -> None:
-        self.host = host
-        self.requested_port = port
-        self.port = port
-        self.start_timeout = start_timeout
-        self.python = python or sys.executable
-        self.log_path = Path(log_path) if log_path else None
-        self._own_log = log_path is None
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    what = "the RPC tracker"
+    label = "RPC tracker"
+    log_prefix = "latbench-tracker-"
 
     def command(self) -> list[str]:
         # --port-end must be > port, else the tracker cannot bind (its default end is 9199).
         return [self.python, "-m", "tvm.exec.rpc_tracker", "--host", self.host, "--port", str(self.port),
                 "--port-end", str(self.port + 1)]
 
-    def start(self) -> LocalTracker:
-        """Start the tracker and wait until it answers a summary request."""
-        if self.requested_port:
-            if not port_is_free(self.host, self.requested_port):
-                raise DeviceError(f"port {self.host}:{self.requested_port} is busy; is a tracker already running "
-                                  f"(`latbench tracker status --port {self.requested_port}`)? Else pick another --port")
-            self.port = self.requested_port
-        else:
-            self.port = free_port(self.host)
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="latbench-tracker-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        with open(self.log_path, "w") as logf:
-            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+    def busy_error(self) -> str:
+        return (f"port {self.host}:{self.requested_port} is busy; is a tracker already running "
+                f"(`latbench tracker status --port {self.requested_port}`)? Else pick another --port")
+
+    def ready(self) -> bool:
+        """Whether it answers a summary request."""
+        if not port_is_open(self.host, self.port, 0.5):
+            return False
         try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("RPC tracker up on %s (pid %d)", self.address, self.proc.pid)
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DeviceError(f"the RPC tracker exited at start (code {self.proc.returncode}): {self.tail_log()}")
-            if port_is_open(self.host, self.port, 0.5):
-                try:
-                    tracker_summary(self.host, self.port, 2.0)
-                    return
-                except DeviceError:
-                    pass
-            time.sleep(0.2)
-        raise DeviceError(f"the RPC tracker did not start within {self.start_timeout:g} s (log: {self.log_path})")
-
-    def tail_log(self, n: int = 400) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+            tracker_summary(self.host, self.port, 2.0)
+            return True
+        except DeviceError:
+            return False
 
     def summary(self, timeout: float = 5.0) -> dict[str, Any]:
         return tracker_summary(self.host, self.port, timeout)
@@ -162,23 +117,10 @@ class LocalTracker:
                                   f"{self.address} within {timeout:g} s")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc = None
-        if self._own_log and self.log_path and self.log_path.exists():
-            self.log_path.unlink()
-
     def wait(self) -> int:
         """Block until the tracker exits (foreground `latbench tracker start`)."""
         assert self.proc is not None
         return self.proc.wait()
-
-    def __enter__(self) -> LocalTracker:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def pid_file_default(port: int) -> Path:
