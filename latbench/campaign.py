@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from latbench import rounds
+from latbench import boards, rounds
 from latbench.artifacts import ArtifactCache
 from latbench.backends.base import Backend, get_backend
 from latbench.build import BuildSource, JobSource, ManifestSource, Prepared, build_all, build_job, compile_jobs
@@ -141,9 +141,13 @@ class Campaign:
     def _measure(self, todo: list[Job], stores: dict[str, TableStore], plan: rounds.Plan) -> None:
         assert self.source is not None
         by_key = {j.key: j for j in todo}
-        if isinstance(self.source, BuildSource) and self.source.backend.kind == "tvm":
+        tvm_build = isinstance(self.source, BuildSource) and self.source.backend.kind == "tvm"
+        if tvm_build:
+            boards.prepare(self.device)  # an emulated board (qemu) is started on demand
             check_reachable(self.device)  # an unreachable board fails now, not after the build
         prep = self.source.prepare(todo, plan.reference)
+        if prep.runner == "rpc" and not tvm_build:
+            boards.prepare(self.device)  # a prebuilt set timed over RPC: its board too, before connecting
         base = self.base_row(prep)
         finished: set[str] = set()
 

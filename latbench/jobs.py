@@ -10,7 +10,7 @@ from typing import Any, Literal
 from latbench.features import op_features
 from latbench.ops import OpSpec
 from latbench.space import Arch
-from latbench.timing import RTOL
+from latbench.board.timing import RTOL
 
 __all__ = ["Job", "RTOL", "What", "REFERENCE_KEY"]
 

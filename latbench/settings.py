@@ -2,8 +2,8 @@
 change them while a process runs).
 
 Every ``LATBENCH_*`` variable the package reads is here, except in the two files shipped alone to
-boards (``board_server.py``, ``runtime_timer.py``), which import nothing from latbench and read
-``$LATBENCH_TVM_RUNTIME`` themselves.
+boards (:mod:`latbench.board`: ``runtime.py``, used by ``board_server.py`` and ``runtime_timer.py``),
+which imports nothing from latbench and reads ``$LATBENCH_TVM_RUNTIME`` itself.
 
 =========================== =========================================================================
 ``LATBENCH_CACHE``          artifact cache root (default ``~/.cache/latbench``): :func:`cache_root`

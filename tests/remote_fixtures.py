@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latbench.runners.rpc import free_port, port_is_open
+from latbench.runners.process import free_port, port_is_open
 
 #: A meta-path hook that makes `import tvm` fail, for "board without tvm" runs: python -c PRELUDE + runpy.
 NO_TVM_PRELUDE = """

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from latbench.backends.base import DEFAULT_BACKEND
-from latbench.runners.rpc import free_port
+from latbench.runners.process import free_port
 from remote_fixtures import NO_TVM_PRELUDE, arm_set, x86_set, write_yaml  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         pytest.skip("qemu-user-static is not installed")
     from latbench.devices import get_device
     from latbench.errors import DeviceError
-    from latbench.runners.emulated import ensure_arm_python
+    from latbench.boards.emulated import ensure_arm_python
 
     try:
         ensure_arm_python()
@@ -146,7 +146,7 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         arm_libs = {json.loads((p.parent / "meta.json").read_text())["key"]: p.parent
                     for p in arm_set.rglob("lib.so")}
         key = next(k for k in df["key"] if k in x86 and k in arm_libs)
-        from latbench.runtime_timer import ArtifactTimer
+        from latbench.board.runtime_timer import ArtifactTimer
 
         timer = ArtifactTimer()
         xin = np.load(x86[key].input)

@@ -18,7 +18,8 @@ from conftest import FAST_TIMING, latbench_cmd, write_device
 from latbench.backends.base import DEFAULT_BACKEND as DEFAULT
 from latbench.campaign import measure_ops
 from latbench.errors import DeviceError
-from latbench.runners.rpc import LocalRPCServer, free_port
+from latbench.runners.process import free_port
+from latbench.runners.rpc import LocalRPCServer
 from latbench.tables import table_path
 
 

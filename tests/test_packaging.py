@@ -48,7 +48,7 @@ def test_wheel_is_what_runs(installed):
     assert res.returncode == 0, res.stderr
     for line in res.stdout.split():
         assert Path(line).is_relative_to(installed), line
-    res = run_installed(installed, "-c", "from latbench.runners.emulated import setup_script; "
+    res = run_installed(installed, "-c", "from latbench.boards.emulated import setup_script; "
                         "p = setup_script(); print(p, p.is_file())")
     assert res.returncode == 0, res.stderr
     path, exists = res.stdout.split()

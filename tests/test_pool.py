@@ -8,7 +8,8 @@ import pytest
 
 from latbench.devices import device_from_dict
 from latbench.errors import DeviceError
-from latbench.runners.rpc import LocalRPCServer, free_port
+from latbench.runners.process import free_port
+from latbench.runners.rpc import LocalRPCServer
 from latbench.runners.tracker import LocalTracker
 from remote_fixtures import x86_set  # noqa: F401  (fixture)
 

@@ -10,7 +10,7 @@ import pytest
 
 from latbench.devices import load_device_file
 from latbench.errors import DeviceError
-from latbench.runners.rpc import free_port, port_is_open
+from latbench.runners.process import free_port, port_is_open
 from remote_fixtures import sshd, write_yaml  # noqa: F401  (fixture)
 
 BOARD_PYTHON = "/usr/bin/python3"  # Debian's python3: no tvm, no numpy — a board without a TVM install
@@ -47,7 +47,7 @@ def test_device_info_over_ssh(tmp_path, sshd, cli):
 
 
 def test_host_key_policies(tmp_path, sshd):
-    from latbench.runners.ssh import SSHHost
+    from latbench.boards.ssh import SSHHost
 
     kh = tmp_path / "empty_known_hosts"
     kh.write_text("")

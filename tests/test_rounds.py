@@ -114,7 +114,7 @@ def test_rounds_are_interleaved_and_recorded(tmp_path, cache_dir, burst_ops):
     long = pd.read_parquet(table_path(tmp_path / "d", "rounds-cpu", DEFAULT).with_name(
         f"ops-{DEFAULT}.visits.parquet"))
     assert set(long["key"]) == set(df["key"]) and len(long) == df["n_visits"].sum()
-    assert long["load_1m"].notna().all()  # conditions read through the server's latbench.conditions function
+    assert long["load_1m"].notna().all()  # conditions of the timing machine, once per round
     # visits of one round are all taken before any of the next; the order is shuffled per round
     long = long.sort_values("t")
     first = long[long["round"] <= 3]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from latbench.devices import get_device
+from latbench.boards.server import board_info, governor_warning, open_host, start_server, stop_server
 from latbench.runners.bundle import bundle_info, cached_bundle
 
 
@@ -33,15 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(name: str):
-    from latbench.runners.ssh import open_host  # lazy: latbench.runners.ssh imports paramiko
-
     device = get_device(name)
     return device, open_host(device)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from latbench.runners.ssh import board_info, governor_warning  # lazy: latbench.runners.ssh imports paramiko
-
     device, host = _open(args.name)
     with host:
         facts = board_info(device, host)
@@ -69,8 +66,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from latbench.runners.ssh import start_server  # lazy: latbench.runners.ssh imports paramiko
-
     device, host = _open(args.name)
     bundle = Path(args.bundle) if args.bundle else cached_bundle(device)
     bundle_info(bundle)
@@ -84,8 +79,6 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from latbench.runners.ssh import stop_server  # lazy: latbench.runners.ssh imports paramiko
-
     device, host = _open(args.name)
     with host:
         was = stop_server(device, host)

@@ -1,8 +1,9 @@
 """A runtime-only bundle for a board: TVM's runtime + ``tvm_ffi`` + latbench's board server and timer.
 
 A board needs no TVM install (259 MB of compiler): ``libtvm_runtime.so`` + ``libtvm_runtime_extra.so``
-and the ``tvm_ffi`` package (about 8 MB) run compiled artifacts, and :mod:`latbench.board_server`
-serves TVM's RPC protocol on top of them. Layout of a bundle directory::
+and the ``tvm_ffi`` package (about 8 MB) run compiled artifacts, and :mod:`latbench.board.board_server`
+serves TVM's RPC protocol on top of them. The scripts are the files of :mod:`latbench.board`, copied to
+the bundle's root. Layout of a bundle directory::
 
     bundle.json          arch, versions, files, how to run
     lib/                 libtvm_runtime.so, libtvm_runtime_extra.so (+ libtvm_runtime_cuda.so for CUDA)
@@ -11,6 +12,8 @@ serves TVM's RPC protocol on top of them. Layout of a bundle directory::
     runtime_timer.py     times an artifact set locally, no `import tvm`
     timing.py            the timing core both use (calibration, runs, statistics, output check)
     conditions.py        the board's load, clock, governor, temperature, throttling (`latbench.conditions`)
+    runtime.py           finds and loads TVM's runtime libraries (both scripts use it)
+    tracker_protocol.py  TVM's tracker wire protocol (the server registers with a tracker through it)
 
 For the machine's own architecture the files come from the local install; for aarch64 they come
 from the aarch64 wheels of the same versions, downloaded once with pip into
@@ -40,7 +43,9 @@ RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
 CUDA_LIB = "libtvm_runtime_cuda.so"
 #: Parts of the tvm_ffi package a board does not need (headers, sources, Cython, build files).
 FFI_SKIP = ("include", "src", "3rdparty", "cython", "share", "cmake", "__pycache__")
-SCRIPTS = ("board_server.py", "runtime_timer.py", "timing.py", "conditions.py")
+#: Where the files shipped to a board live (:mod:`latbench.board`), and those a bundle holds at its root.
+BOARD_DIR = Path(__file__).resolve().parent.parent / "board"
+SCRIPTS = ("board_server.py", "runtime_timer.py", "timing.py", "conditions.py", "runtime.py", "tracker_protocol.py")
 #: pip platform tags tried for aarch64 wheels (tvm: manylinux_2_27/2_28, tvm-ffi: manylinux_2_24/2_28).
 AARCH64_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64",
                      "manylinux2014_aarch64")
@@ -166,9 +171,8 @@ def build_bundle(device: Device, out: str | Path, python_version: str = "3.11") 
         shutil.copy2(typing_extensions.__file__, out / "site" / "typing_extensions.py")
     except ImportError:
         pass
-    pkg = Path(__file__).resolve().parent.parent
     for script in SCRIPTS:
-        shutil.copy2(pkg / script, out / script)
+        shutil.copy2(BOARD_DIR / script, out / script)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     size = sum((out / f).stat().st_size for f in files)
     digest = hashlib.sha256()
@@ -211,9 +215,8 @@ def cached_bundle(device: Device) -> Path:
     v = versions()
     tag = f"{arch}-tvm{v['apache-tvm']}-ffi{v['apache-tvm-ffi']}" + ("-cuda" if device.is_cuda else "")
     path = default_cache_dir() / "bundles" / tag
-    pkg = Path(__file__).resolve().parent.parent
     fresh = (path / "bundle.json").exists() and all(
-        (path / s).exists() and (path / s).read_bytes() == (pkg / s).read_bytes() for s in SCRIPTS)
+        (path / s).exists() and (path / s).read_bytes() == (BOARD_DIR / s).read_bytes() for s in SCRIPTS)
     if not fresh:
         tmp = path.with_name(path.name + ".tmp")
         build_bundle(device, tmp)

@@ -21,12 +21,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from latbench import conditions, timing
 from latbench.artifacts import Artifact
+from latbench.board import conditions, timing
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.jobs import Job
-from latbench.runners.rpc import RPCLinkError, RPCTimeout, first_line, kill_group
+from latbench.runners.process import kill_group
+from latbench.runners.rpc import RPCLinkError, RPCTimeout, first_line
 
 
 def _worker() -> None:

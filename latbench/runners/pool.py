@@ -21,17 +21,16 @@ from typing import Any
 from collections.abc import Sequence
 
 from latbench.artifacts import Artifact
+from latbench.board import tracker_protocol as proto
 from latbench.devices import Device
 from latbench.errors import DeviceError
 from latbench.runners.base import OnResult, Prober, Visit
-from latbench.runners.rpc import RPCSession, RPCTimeout, call_with_timeout, first_line, is_link_error, port_is_open
-from latbench.runners.tracker import (CODE_SUCCESS, RPC_TRACKER_MAGIC, _recvall, _recvjson, _sendjson,
-                                      servers_of, tracker_summary)
+from latbench.runners.process import port_is_open
+from latbench.runners.rpc import RPCSession, RPCTimeout, call_with_timeout, first_line, is_link_error
+from latbench.runners.tracker import servers_of, tracker_summary
 
 log = logging.getLogger(__name__)
 
-#: Tracker request code (tvm/rpc/base.py TrackerCode.REQUEST).
-CODE_REQUEST = 4
 #: How often the supervisor looks at the tracker for new servers / finished work (s).
 POLL_S = 1.0
 #: An op is tried on at most this many servers before it is recorded as an error.
@@ -49,18 +48,17 @@ def request_server(host: str, port: int, key: str, timeout: float) -> tuple[str,
     try:
         with socket.create_connection((host, port), timeout=min(timeout, 5.0)) as s:
             s.settimeout(timeout)
-            s.sendall(RPC_TRACKER_MAGIC.to_bytes(4, "little", signed=True))
-            if int.from_bytes(_recvall(s, 4), "little", signed=True) != RPC_TRACKER_MAGIC:
+            if not proto.handshake(s):
                 raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
-            _sendjson(s, [CODE_REQUEST, key, "", 1])
-            reply = _recvjson(s)
+            proto.sendjson(s, [proto.CODE_REQUEST, key, "", 1])
+            reply = proto.recvjson(s)
     except TimeoutError:
         raise RPCTimeout(f"no free '{key}' server from tracker {host}:{port} within {timeout:g} s") from None
     except DeviceError:
         raise
     except (OSError, ValueError) as exc:
         raise DeviceError(f"lost the RPC tracker at {host}:{port} ({exc.__class__.__name__}: {exc})") from None
-    if not (isinstance(reply, list) and reply[0] == CODE_SUCCESS):
+    if not (isinstance(reply, list) and reply[0] == proto.CODE_SUCCESS):
         raise DeviceError(f"tracker {host}:{port} refused the request for '{key}': {reply!r}")
     url, sport, matchkey = reply[1]
     return url, int(sport), matchkey

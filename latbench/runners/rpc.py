@@ -1,9 +1,10 @@
-"""TVM RPC plumbing with timeouts everywhere: local servers, sessions, and remote timing.
+"""TVM RPC transport with timeouts everywhere: sessions, connecting, remote timing, a local server.
 
 TVM's RPC calls have no timeouts of their own (a tracker ``request`` for a key nobody serves
 blocks forever), so every blocking call goes through :func:`call_with_timeout`. A server that
-latbench starts runs in its own process group: TVM's server forks a listener and a per-session
-child, and killing the group is the only way to stop all three.
+latbench starts (:class:`LocalRPCServer`) runs in its own process group
+(:class:`~latbench.runners.process.ProcessGroupServer`). Boards themselves (SSH, qemu) are
+:mod:`latbench.boards`' business: this module only connects to a server that is up.
 """
 from __future__ import annotations
 
@@ -12,25 +13,20 @@ import math
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 from collections.abc import Callable
 
 import numpy as np
 
-from latbench import conditions
-from latbench.conditions import RPC_FUNCTION
+from latbench.board import conditions
+from latbench.board.conditions import RPC_FUNCTION
+from latbench.board.timing import check_fields, number_for, output_error, summarize
 from latbench.devices import Device, Timing
 from latbench.errors import DeviceError
-from latbench.timing import check_fields, number_for, output_error, summarize
+from latbench.runners.process import ProcessGroupServer, port_is_open
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,91 +65,27 @@ def call_with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
     return box["value"]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def port_is_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and every child it forked."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # forked children (TVM's per-session worker) may outlive the leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        log.warning("process %d did not exit after SIGKILL", proc.pid)
-
-
-class LocalRPCServer:
+class LocalRPCServer(ProcessGroupServer):
     """A TVM RPC server subprocess on this machine (``python -m tvm.exec.rpc_server``).
 
     Used as a context manager; :meth:`stop` kills its whole process group. ``tracker``
     (``host:port``) and ``key`` register it with a tracker instead of serving direct connections.
     """
 
+    what = "the local TVM RPC server"
+    label = "RPC server"
+    log_prefix = "latbench-rpc-"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, threads: int = 0,
                  tracker: str | None = None, key: str | None = None, start_timeout: float = 60.0,
                  python: str | None = None, extra_env: dict[str, str] | None = None) -> None:
-        self.host = host
-        self.requested_port = port
-        self.port = port
+        super().__init__(host, port, start_timeout, python)
         self.threads = threads
         self.tracker = tracker
         self.key = key
-        self.start_timeout = start_timeout
-        self.python = python or sys.executable
         self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> LocalRPCServer:
-        if self.requested_port:
-            if not port_is_free(self.host, self.requested_port):
-                raise DeviceError(
-                    f"port {self.host}:{self.requested_port} is busy; stop what uses it or choose another port"
-                )
-            self.port = self.requested_port
-        else:
-            self.port = free_port(self.host)
-        env = dict(os.environ)
-        if self.threads:
-            env["TVM_NUM_THREADS"] = str(self.threads)
-        env.update(self.extra_env)
+    def command(self) -> list[str]:
         # With our own Python, a watchdog wrapper kills the server if this process dies uncleanly.
         entry = (["latbench.runners.serve", str(os.getpid())] if self.python == sys.executable
                  else ["tvm.exec.rpc_server"])
@@ -161,39 +93,26 @@ class LocalRPCServer:
                "--port", str(self.port), "--port-end", str(self.port + 1)]
         if self.tracker:
             cmd += ["--tracker", self.tracker, "--key", self.key or "local"]
-        fd, name = tempfile.mkstemp(prefix="latbench-rpc-", suffix=".log")
-        self.log_path = Path(name)
-        with os.fdopen(fd, "w") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("RPC server up on %s (pid %d)", self.address, self.proc.pid)
-        return self
+        return cmd
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DeviceError(f"the local TVM RPC server exited at start (code {self.proc.returncode}): "
-                                  f"{self.tail_log()}")
-            if self.tracker:
-                # Ask the tracker, not the server: a TCP probe makes TVM's server drop and re-register.
-                if self._registered():
-                    return
-            elif port_is_open(self.host, self.port, 0.5):
-                return
-            time.sleep(0.2)
-        raise DeviceError(f"the local TVM RPC server did not start within {self.start_timeout:g} s "
-                          f"(log: {self.log_path})")
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.threads:
+            env["TVM_NUM_THREADS"] = str(self.threads)
+        env.update(self.extra_env)
+        return env
+
+    def ready(self) -> bool:
+        if self.tracker:
+            # Ask the tracker, not the server: a TCP probe makes TVM's server drop and re-register.
+            return self._registered()
+        return port_is_open(self.host, self.port, 0.5)
 
     def _registered(self) -> bool:
         """Whether the tracker lists this server (matched by its port)."""
         import tvm.rpc
 
+        assert self.tracker is not None
         host, port = self.tracker.rsplit(":", 1)
         try:
             summary = call_with_timeout(lambda: tvm.rpc.connect_tracker(host, int(port)).summary(), 5.0,
@@ -202,27 +121,6 @@ class LocalRPCServer:
             return False
         return any(str(info.get("addr", [None, None])[1]) == str(self.port) or
                    f":{self.port}" in str(info.get("addr")) for info in summary.get("server_info", []))
-
-    def tail_log(self, n: int = 400) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc = None
-        if self.log_path and self.log_path.exists():
-            self.log_path.unlink()
-
-    def __enter__(self) -> LocalRPCServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def connect_direct(host: str, port: int, session_timeout: float, timeout: float) -> Any:
@@ -277,9 +175,6 @@ def check_reachable(device: Device) -> None:
     if rpc.mode == "local":
         return
     if rpc.mode == "direct":
-        from latbench.runners.emulated import start_if_emulated
-
-        start_if_emulated(device)  # an emulated board (qemu) is started on demand
         if not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
             raise DeviceError(
                 f"no TVM RPC server at {rpc.host}:{rpc.port} for device {device.name!r}; start the board's server "

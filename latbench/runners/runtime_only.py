@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from latbench import conditions, timing
 from latbench.artifacts import Artifact
-from latbench.runtime_timer import ArtifactTimer
+from latbench.board import conditions, timing
+from latbench.board.runtime_timer import ArtifactTimer
 
 
 class RuntimeOnlySession:

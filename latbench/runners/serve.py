@@ -15,7 +15,7 @@ import time
 
 import tvm_ffi
 
-from latbench import conditions
+from latbench.board import conditions
 
 
 def _watch(parent: int) -> None:

@@ -101,10 +101,7 @@ class RPCConnector:
                                          start_timeout=max(60.0, rpc.connect_timeout)).start()
             remote = connect_direct(rpc.host, self.server.port, rpc.session_timeout, rpc.connect_timeout)
             address = self.server.address
-        elif rpc.mode == "direct":
-            from latbench.runners.emulated import start_if_emulated  # emulated.py imports ssh (paramiko)
-
-            start_if_emulated(d)  # an emulated board (qemu) is started on demand
+        elif rpc.mode == "direct":  # a board's server (an emulated one is started by boards.prepare)
             remote = connect_direct(rpc.host, rpc.port, rpc.session_timeout, rpc.connect_timeout)
             address = rpc.address
         else:

@@ -4,7 +4,8 @@ The tracker (``python -m tvm.exec.rpc_tracker``) is a directory: RPC servers reg
 device key and clients ask it for a free server of a key. latbench's device pool
 (:mod:`latbench.runners.pool`) reads its summary to see how many servers a key has.
 
-Every call here has a timeout; TVM's own tracker client has none.
+Every call here has a timeout; TVM's own tracker client has none. The wire protocol is
+:mod:`latbench.board.tracker_protocol` (shared with the board server).
 """
 from __future__ import annotations
 
@@ -12,47 +13,15 @@ import logging
 import os
 import signal
 import socket
-import struct
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from latbench.board import tracker_protocol as proto
 from latbench.errors import DeviceError
-from latbench.runners.rpc import free_port, kill_group, port_is_free, port_is_open
+from latbench.runners.process import ProcessGroupServer, port_is_open
 
 log = logging.getLogger(__name__)
-
-# TVM's tracker protocol (tvm/rpc/base.py): a magic word, then length-prefixed JSON messages.
-RPC_TRACKER_MAGIC = 0x2F271
-CODE_SUCCESS = 0
-CODE_SUMMARY = 6
-
-
-def _recvall(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the tracker")
-        buf += chunk
-    return buf
-
-
-def _sendjson(sock: socket.socket, data: Any) -> None:
-    import json
-
-    raw = json.dumps(data).encode()
-    sock.sendall(struct.pack("<i", len(raw)) + raw)
-
-
-def _recvjson(sock: socket.socket) -> Any:
-    import json
-
-    size = struct.unpack("<i", _recvall(sock, 4))[0]
-    return json.loads(_recvall(sock, size).decode())
 
 
 def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
@@ -63,17 +32,16 @@ def tracker_summary(host: str, port: int, timeout: float = 5.0) -> dict[str, Any
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-            if struct.unpack("<i", _recvall(s, 4))[0] != RPC_TRACKER_MAGIC:
+            if not proto.handshake(s):
                 raise DeviceError(f"{host}:{port} is not a TVM RPC tracker")
-            _sendjson(s, [CODE_SUMMARY])
-            reply = _recvjson(s)
+            proto.sendjson(s, [proto.CODE_SUMMARY])
+            reply = proto.recvjson(s)
     except DeviceError:
         raise
     except (OSError, ValueError) as exc:
         raise DeviceError(f"no RPC tracker at {host}:{port} ({exc.__class__.__name__}: {exc}); "
                           f"start one with `latbench tracker start --port {port}`") from None
-    if not (isinstance(reply, list) and reply and reply[0] == CODE_SUCCESS):
+    if not (isinstance(reply, list) and reply and reply[0] == proto.CODE_SUCCESS):
         raise DeviceError(f"tracker {host}:{port} answered the summary request with {reply!r}")
     return reply[1]
 
@@ -104,78 +72,35 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class LocalTracker:
+class LocalTracker(ProcessGroupServer):
     """A TVM RPC tracker subprocess on this machine, in its own process group.
 
     ``with LocalTracker(port=0) as t: ...`` picks a free port (``t.port``); leaving the block
     kills the tracker. Servers register with ``--tracker t.address --key KEY``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0,
-                 python: str | None = None, log_path: str | Path | None = None) -> None:
-        self.host = host
-        self.requested_port = port
-        self.port = port
-        self.start_timeout = start_timeout
-        self.python = python or sys.executable
-        self.log_path = Path(log_path) if log_path else None
-        self._own_log = log_path is None
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    what = "the RPC tracker"
+    label = "RPC tracker"
+    log_prefix = "latbench-tracker-"
 
     def command(self) -> list[str]:
         # --port-end must be > port, else the tracker cannot bind (its default end is 9199).
         return [self.python, "-m", "tvm.exec.rpc_tracker", "--host", self.host, "--port", str(self.port),
                 "--port-end", str(self.port + 1)]
 
-    def start(self) -> LocalTracker:
-        """Start the tracker and wait until it answers a summary request."""
-        if self.requested_port:
-            if not port_is_free(self.host, self.requested_port):
-                raise DeviceError(f"port {self.host}:{self.requested_port} is busy; is a tracker already running "
-                                  f"(`latbench tracker status --port {self.requested_port}`)? Else pick another --port")
-            self.port = self.requested_port
-        else:
-            self.port = free_port(self.host)
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="latbench-tracker-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        with open(self.log_path, "w") as logf:
-            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+    def busy_error(self) -> str:
+        return (f"port {self.host}:{self.requested_port} is busy; is a tracker already running "
+                f"(`latbench tracker status --port {self.requested_port}`)? Else pick another --port")
+
+    def ready(self) -> bool:
+        """Whether it answers a summary request."""
+        if not port_is_open(self.host, self.port, 0.5):
+            return False
         try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("RPC tracker up on %s (pid %d)", self.address, self.proc.pid)
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DeviceError(f"the RPC tracker exited at start (code {self.proc.returncode}): {self.tail_log()}")
-            if port_is_open(self.host, self.port, 0.5):
-                try:
-                    tracker_summary(self.host, self.port, 2.0)
-                    return
-                except DeviceError:
-                    pass
-            time.sleep(0.2)
-        raise DeviceError(f"the RPC tracker did not start within {self.start_timeout:g} s (log: {self.log_path})")
-
-    def tail_log(self, n: int = 400) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+            tracker_summary(self.host, self.port, 2.0)
+            return True
+        except DeviceError:
+            return False
 
     def summary(self, timeout: float = 5.0) -> dict[str, Any]:
         return tracker_summary(self.host, self.port, timeout)
@@ -192,23 +117,10 @@ class LocalTracker:
                                   f"{self.address} within {timeout:g} s")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc = None
-        if self._own_log and self.log_path and self.log_path.exists():
-            self.log_path.unlink()
-
     def wait(self) -> int:
         """Block until the tracker exits (foreground `latbench tracker start`)."""
         assert self.proc is not None
         return self.proc.wait()
-
-    def __enter__(self) -> LocalTracker:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def pid_file_default(port: int) -> Path:

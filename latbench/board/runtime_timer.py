@@ -10,15 +10,15 @@ it (warm-up, then ``repeat`` repeats of ``number`` runs, ``number`` raised until
     python runtime_timer.py ARTIFACT_DIR --out results.jsonl [--repeat 15 --warmup 3 ...]
 
 Keys already in ``--out`` are skipped (resume). The runtime is looked up in $LATBENCH_TVM_RUNTIME,
-the bundle's ``lib/``, then an installed ``tvm/lib``. This file imports nothing from latbench.
+the bundle's ``lib/``, then an installed ``tvm/lib`` (``runtime.py``). This file imports nothing from
+latbench, only its siblings ``runtime.py`` and ``timing.py``.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
+import importlib
 import importlib.util
 import json
-import os
 import platform
 import sys
 import time
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
-
 
 def _sibling(name: str) -> Any:
-    """A module shipped beside this file (in latbench's package or in a bundle): no latbench import needed."""
+    """A module beside this file: latbench's when imported from the package, else the file (in a bundle)."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
     spec = importlib.util.spec_from_file_location(f"_latbench_board_{name}", Path(__file__).with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -39,46 +39,16 @@ def _sibling(name: str) -> Any:
 
 
 timing = _sibling("timing")  # the timing core: calibration, runs, statistics, output check
+runtime = _sibling("runtime")  # finds and loads TVM's runtime libraries
 KDL_CPU, KDL_CUDA = 1, 2
 POOLED_ALLOCATOR = 2
-
-
-def find_runtime_dir() -> Path:
-    """Where libtvm_runtime.so is: $LATBENCH_TVM_RUNTIME, the bundle's lib/, or an installed tvm/lib."""
-    here = Path(__file__).resolve().parent
-    cands = [os.environ.get("LATBENCH_TVM_RUNTIME"), here / "lib"]
-    cands += [Path(p) / "tvm" / "lib" for p in sys.path if p]
-    for c in cands:
-        if c and (Path(c) / RUNTIME_LIBS[0]).is_file():
-            return Path(c)
-    raise RuntimeError("no TVM runtime found (libtvm_runtime.so); run from a latbench bundle or set "
-                       "LATBENCH_TVM_RUNTIME to the directory holding it")
-
-
-def load_runtime(cuda: bool = False) -> Any:
-    """Import tvm_ffi (the bundle's site/ first) and load TVM's runtime libraries globally."""
-    site = Path(__file__).resolve().parent / "site"
-    if site.is_dir() and str(site) not in sys.path:
-        meta = site.parent / "bundle.json"
-        want = json.loads(meta.read_text()).get("python", "") if meta.is_file() else ""
-        have = "%d.%d" % sys.version_info[:2]
-        if want and ".".join(want.split(".")[:2]) != have:  # tvm_ffi's extension is built for one CPython
-            raise RuntimeError("this bundle is for Python %s but this is Python %s; build one with "
-                               "`latbench bundle --python-version %s`" % (want, have, have))
-        sys.path.insert(0, str(site))
-    import tvm_ffi
-
-    libdir = find_runtime_dir()
-    for name in RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ()):
-        ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
-    return tvm_ffi
 
 
 class ArtifactTimer:
     """Loads and times artifacts through the runtime-only VM API."""
 
     def __init__(self, cuda: bool = False) -> None:
-        self.ffi = load_runtime(cuda)
+        self.ffi = runtime.load_runtime(cuda)
         self.cuda = cuda
         self.dev_type = KDL_CUDA if cuda else KDL_CPU
         self.device = self.ffi.device("cuda" if cuda else "cpu", 0)

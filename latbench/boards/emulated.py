@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.artifacts import default_cache_dir
+from latbench.boards.hosts import LocalHost
 from latbench.devices import Device
 from latbench.errors import ConfigError, DeviceError
 
@@ -81,9 +82,7 @@ class Emulator:
                               f"(use 'auto' or the wrapper made by {setup_script().name})")
         return str(p)
 
-    def host(self):
-        from latbench.runners.ssh import LocalHost
-
+    def host(self) -> LocalHost:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return LocalHost(f"{self.device.name} (qemu {self.cpu})", self.python_cmd(), {"QEMU_CPU": self.cpu})
 
@@ -106,23 +105,3 @@ def emulator_of(device: Device) -> Emulator | None:
         raise ConfigError(f"{device.source}: field 'emulated': a device with extra.emulator must say emulated: true "
                           "(its timings are not the board's)")
     return Emulator(device, **emu)
-
-
-def start_if_emulated(device: Device) -> bool:
-    """Start an emulated device's board server if it is not listening yet (for runners to call before
-    connecting, so `latbench measure --target rasp4-qemu` works without `latbench device start`).
-
-    Returns True when it started one (it keeps running; `latbench device stop NAME` stops it)."""
-    emu = emulator_of(device)
-    if emu is None or device.rpc.mode != "direct":
-        return False
-    from latbench.runners.rpc import port_is_open
-
-    if port_is_open(device.rpc.host, device.rpc.port, 1.0):
-        return False
-    from latbench.runners.bundle import cached_bundle
-    from latbench.runners.ssh import start_server
-
-    with emu.host() as host:
-        start_server(device, host, cached_bundle(device))
-    return True

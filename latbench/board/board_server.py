@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A TVM RPC server for boards without TVM: Python stdlib + ``tvm_ffi`` + TVM's runtime libraries.
 
-Part of the runtime-only bundle (``latbench bundle``); it does not import ``tvm`` or ``latbench``.
+Part of the runtime-only bundle (``latbench bundle``); it does not import ``tvm`` or ``latbench``, only
+its siblings ``runtime.py`` (loads the runtime), ``tracker_protocol.py`` and ``conditions.py``.
 It speaks TVM's RPC protocol (the same handshake as ``python -m tvm.exec.rpc_server``), so the
 stock client (``tvm.rpc.connect`` / ``connect_tracker(...).request``) works unchanged: upload,
 ``load_module``, ``relax.VirtualMachine`` and ``time_evaluator`` all run in ``libtvm_runtime``.
@@ -15,8 +16,6 @@ by killing its process group (the session child is in the same group).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
 import random
 import select
@@ -29,83 +28,27 @@ import tempfile
 import time
 from pathlib import Path
 
-RPC_MAGIC = 0xFF271
-RPC_TRACKER_MAGIC = 0x2F271
-RPC_CODE_SUCCESS = RPC_MAGIC + 0
-RPC_CODE_MISMATCH = RPC_MAGIC + 2
-TRACKER_SUCCESS, TRACKER_PUT, TRACKER_UPDATE_INFO, TRACKER_GET_PENDING = 0, 3, 5, 7
-
-RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so")
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
-
-
-# -- runtime loading (shared shape with runtime_timer.py; both are standalone) ---------------------
-def find_runtime_dir() -> Path:
-    """Where libtvm_runtime.so is: $LATBENCH_TVM_RUNTIME, the bundle's lib/, or an installed tvm/lib."""
-    here = Path(__file__).resolve().parent
-    cands = [os.environ.get("LATBENCH_TVM_RUNTIME"), here / "lib"]
-    cands += [Path(p) / "tvm" / "lib" for p in sys.path if p]
-    for c in cands:
-        if c and (Path(c) / RUNTIME_LIBS[0]).is_file():
-            return Path(c)
-    raise SystemExit("error: no TVM runtime found (libtvm_runtime.so); run from a latbench bundle "
-                     "(`latbench bundle`) or set LATBENCH_TVM_RUNTIME to its directory")
-
-
-def load_runtime(cuda: bool = False):
-    """Import tvm_ffi (the bundle's site/ first) and load TVM's runtime libraries globally."""
-    site = Path(__file__).resolve().parent / "site"
-    if site.is_dir() and str(site) not in sys.path:
-        meta = site.parent / "bundle.json"
-        want = json.loads(meta.read_text()).get("python", "") if meta.is_file() else ""
-        have = "%d.%d" % sys.version_info[:2]
-        if want and ".".join(want.split(".")[:2]) != have:  # tvm_ffi's extension is built for one CPython
-            raise SystemExit("error: this bundle is for Python %s but this is Python %s; build one with "
-                               "`latbench bundle --python-version %s`" % (want, have, have))
-        sys.path.insert(0, str(site))
-    try:
-        import tvm_ffi
-    except ImportError as exc:
-        raise SystemExit(f"error: cannot import tvm_ffi ({exc}); use a latbench bundle or "
-                         "pip install apache-tvm-ffi") from None
-    libdir = find_runtime_dir()
-    names = RUNTIME_LIBS + (("libtvm_runtime_cuda.so",) if cuda else ())
-    for name in names:
-        ctypes.CDLL(str(libdir / name), mode=ctypes.RTLD_GLOBAL)
-    return tvm_ffi
-
 
 def _sibling(name: str):
-    """A module shipped beside this file (in latbench's package or in a bundle)."""
+    """A module beside this file: latbench's when imported from the package, else the file (in a bundle)."""
+    import importlib
     import importlib.util
 
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
     spec = importlib.util.spec_from_file_location(f"_latbench_board_{name}", Path(__file__).with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-# -- protocol helpers ------------------------------------------------------------------------------
-def recvall(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise OSError("connection reset")
-        buf += chunk
-    return buf
+proto = _sibling("tracker_protocol")  # TVM's RPC / tracker wire protocol
+runtime = _sibling("runtime")  # finds and loads TVM's runtime libraries
+recvall, sendjson, recvjson = proto.recvall, proto.sendjson, proto.recvjson
 
 
-def sendjson(sock: socket.socket, data) -> None:
-    raw = json.dumps(data).encode()
-    sock.sendall(struct.pack("<i", len(raw)) + raw)
-
-
-def recvjson(sock: socket.socket):
-    return json.loads(recvall(sock, struct.unpack("<i", recvall(sock, 4))[0]).decode())
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
 
 
 class Tracker:
@@ -121,11 +64,11 @@ class Tracker:
         while self.sock is None:
             try:
                 s = socket.create_connection(self.addr, timeout=30)
-                s.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-                if struct.unpack("<i", recvall(s, 4))[0] != RPC_TRACKER_MAGIC:
+                if not proto.handshake(s):
                     raise SystemExit(f"error: {self.addr[0]}:{self.addr[1]} is not a TVM RPC tracker")
-                sendjson(s, [TRACKER_UPDATE_INFO, {"key": "server:" + self.key, "addr": [self.custom_addr, self.port]}])
-                assert recvjson(s) == TRACKER_SUCCESS
+                info = {"key": "server:" + self.key, "addr": [self.custom_addr, self.port]}
+                sendjson(s, [proto.CODE_UPDATE_INFO, info])
+                assert recvjson(s) == proto.CODE_SUCCESS
                 self.sock = s
                 log(f"registered with tracker {self.addr[0]}:{self.addr[1]} as '{self.key}'")
             except OSError as exc:
@@ -139,11 +82,11 @@ class Tracker:
             if self.matchkey not in self.old:
                 break
         self.old.add(self.matchkey)
-        sendjson(self.sock, [TRACKER_PUT, self.key, [self.port, self.matchkey], self.custom_addr])
-        assert recvjson(self.sock) == TRACKER_SUCCESS
+        sendjson(self.sock, [proto.CODE_PUT, self.key, [self.port, self.matchkey], self.custom_addr])
+        assert recvjson(self.sock) == proto.CODE_SUCCESS
 
     def pending(self) -> list[str]:
-        sendjson(self.sock, [TRACKER_GET_PENDING])
+        sendjson(self.sock, [proto.CODE_GET_PENDING_MATCHKEYS])
         return recvjson(self.sock)
 
     def drop(self) -> None:
@@ -170,19 +113,19 @@ def accept(listen: socket.socket, tracker: Tracker | None, key: str, ping: float
         conn, addr = listen.accept()
         try:
             conn.settimeout(30)
-            if struct.unpack("<i", recvall(conn, 4))[0] != RPC_MAGIC:
+            if struct.unpack("<i", recvall(conn, 4))[0] != proto.RPC_MAGIC:
                 conn.close()
                 continue
             ckey = recvall(conn, struct.unpack("<i", recvall(conn, 4))[0]).decode()
             parts = ckey.split()
             expect = "client:" + (tracker.matchkey if tracker else key)
             if not parts or parts[0] != expect:
-                conn.sendall(struct.pack("<i", RPC_CODE_MISMATCH))
+                conn.sendall(struct.pack("<i", proto.RPC_CODE_MISMATCH))
                 conn.close()
                 log(f"mismatched key from {addr}")
                 continue
             skey = ("server:" + key).encode()
-            conn.sendall(struct.pack("<i", RPC_CODE_SUCCESS) + struct.pack("<i", len(skey)) + skey)
+            conn.sendall(struct.pack("<i", proto.RPC_CODE_SUCCESS) + struct.pack("<i", len(skey)) + skey)
             conn.settimeout(None)
         except OSError:
             conn.close()
@@ -257,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.num_threads:
         os.environ["TVM_NUM_THREADS"] = str(args.num_threads)
-    tvm_ffi = load_runtime()
+    try:
+        tvm_ffi = runtime.load_runtime()
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}") from None
     listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     port = None
@@ -274,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pid_file:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log(f"latbench board server on {args.host}:{port} (pid {os.getpid()}, runtime {find_runtime_dir()})")
+    log(f"latbench board server on {args.host}:{port} (pid {os.getpid()}, runtime {runtime.find_runtime_dir()})")
     print(f"PORT {port}", flush=True)
 
     tracker = None
