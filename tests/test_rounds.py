@@ -168,7 +168,7 @@ def test_injected_burst_is_rejected_or_outvoted(tmp_path, cache_dir, burst_ops):
     # Unhandled, the burst makes the visits it hits 1.3-1.6x slower; this VM's own noise between two quiet
     # campaigns of these tiny ops is a few % (a looser bound than the benchmark's, so the test is not flaky).
     print("burst/quiet", ratio.round(3).to_dict())
-    assert ratio.between(0.92, 1.08).all(), (ratio.to_dict(), n[["visits_ms", "visit_rejected"]].to_dict())
+    assert ratio.between(0.90, 1.10).all(), (ratio.to_dict(), n[["visits_ms", "visit_rejected"]].to_dict())
 
 
 def test_saturated_machine_finishes_and_flags(tmp_path, cache_dir, burst_ops, cli, caplog):
