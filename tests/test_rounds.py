@@ -140,7 +140,7 @@ def _burst_device(tmp_path: Path) -> Path:
 
 def test_injected_burst_is_rejected_or_outvoted(tmp_path, cache_dir, burst_ops):
     """Busy-loop processes on every core for 3 s in the middle of a campaign: the final latency of every op
-    stays within a few % of the same op measured without the burst."""
+    stays within a few % of the same op measured without the burst (quiet campaigns before and after it)."""
     dev = _burst_device(tmp_path)  # one device, three campaigns into fresh tables
     measure_ops(burst_ops, str(dev), tmp_path / "warm", cache=cache_dir)  # builds; sets the reference level
     quiet = measure_ops(burst_ops, str(dev), tmp_path / "q", cache=cache_dir)
@@ -162,13 +162,17 @@ def test_injected_burst_is_rejected_or_outvoted(tmp_path, cache_dir, burst_ops):
     for p in procs:
         p.join(10)
     assert procs, "the burst never started"
-    q, n = quiet.set_index("key")["median_ms"], noisy.set_index("key")
-    ratio = n["median_ms"] / q
+    after = measure_ops(burst_ops, str(dev), tmp_path / "a", cache=cache_dir)
+    n = noisy.set_index("key")
+    q = pd.concat([quiet.set_index("key")["median_ms"], after.set_index("key")["median_ms"]], axis=1)
     assert n["n_rejected"].sum() >= 1  # the burst was seen by the reference
-    # Unhandled, the burst makes the visits it hits 1.3-1.6x slower; this VM's own noise between two quiet
-    # campaigns of these tiny ops is a few % (a looser bound than the benchmark's, so the test is not flaky).
-    print("burst/quiet", ratio.round(3).to_dict())
-    assert ratio.between(0.90, 1.10).all(), (ratio.to_dict(), n[["visits_ms", "visit_rejected"]].to_dict())
+    # Unhandled, the burst makes the visits it hits 1.3-1.6x slower. The bound is the span of the two quiet
+    # campaigns ±7 %: a loaded 2-core VM drifts between campaigns of these tiny ops (the benchmark holds
+    # the tight figures), and the span absorbs that drift.
+    lo, hi = q.min(axis=1) * 0.93, q.max(axis=1) * 1.07
+    print("burst / quiet before, after:", (n["median_ms"] / q.iloc[:, 0]).round(3).tolist(),
+          (n["median_ms"] / q.iloc[:, 1]).round(3).tolist())
+    assert ((n["median_ms"] >= lo) & (n["median_ms"] <= hi)).all(), (n["median_ms"].to_dict(), q.to_dict())
 
 
 def test_saturated_machine_finishes_and_flags(tmp_path, cache_dir, burst_ops, cli, caplog):

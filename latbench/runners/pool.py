@@ -241,30 +241,31 @@ class PoolRunner:
             res = prober.visit(item.visit)
         except RPCTimeout:
             item.timeouts += 1
-            item.last_error = f"timed out after {t.op_timeout:g} s on {address}"
-            log.warning("%s: %s", item.visit.key, item.last_error)
-            if item.timeouts >= MAX_TIMEOUTS:
-                self._done(item, {"status": "error", "error": f"timed out after {t.op_timeout:g} s on "
-                                  f"{item.timeouts} servers", "stage": "run", "server": address})
-            else:
-                self._requeue(item)
+            self._retry_or_fail(item, item.timeouts >= MAX_TIMEOUTS, address,
+                                f"timed out after {t.op_timeout:g} s on {address}",
+                                f"timed out after {t.op_timeout:g} s on {item.timeouts} servers")
             return False
         except Exception as exc:
             if not is_link_error(exc):
                 raise
             item.losses += 1
-            item.last_error = f"lost {address}: {first_line(exc)}"
-            log.warning("%s: %s", item.visit.key, item.last_error)
-            if item.losses >= MAX_LINK_LOSSES:
-                self._done(item, {"status": "error", "error": f"lost the server {item.losses} times while timing "
-                                  f"it (last: {item.last_error})", "stage": "run", "server": address})
-            else:
-                self._requeue(item)
+            last = f"lost {address}: {first_line(exc)}"
+            self._retry_or_fail(item, item.losses >= MAX_LINK_LOSSES, address, last,
+                                f"lost the server {item.losses} times while timing it (last: {last})")
             return False
         with self._lock:
             self.servers_used.add(address)
         self._done(item, res)
         return True
+
+    def _retry_or_fail(self, item: _Item, give_up: bool, address: str, what: str, error: str) -> None:
+        """The visit in flight was lost: another server takes it, or it is an error row after too many tries."""
+        item.last_error = what
+        log.warning("%s: %s", item.visit.key, what)
+        if give_up:
+            self._done(item, {"status": "error", "error": error, "stage": "run", "server": address})
+        else:
+            self._requeue(item)
 
     def _requeue(self, item: _Item) -> None:
         with self._lock:

@@ -49,22 +49,17 @@ def port_is_open(host: str, port: int, timeout: float = 1.0) -> bool:
 
 def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a process started with ``start_new_session=True`` and every child it forked."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # forked children (TVM's per-session worker) may outlive the leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        log.warning("process %d did not exit after SIGKILL", proc.pid)
+    # SIGKILL after SIGTERM: forked children (TVM's per-session worker) may outlive the leader
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            if sig == signal.SIGKILL:
+                log.warning("process %d did not exit after SIGKILL", proc.pid)
 
 
 class ProcessGroupServer:
