@@ -17,6 +17,8 @@ from latbench.runners.rpc import (LocalRPCServer, RPCSession, RPCTimeout, connec
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Session lifetime with a server latbench started itself (TVM ends sessions older than their timeout).
+LOCAL_SESSION_S = 24 * 3600
 
 
 class SerialRunner:
@@ -99,7 +101,9 @@ class RPCConnector:
                 self.server.stop()
             self.server = LocalRPCServer(host=rpc.host, port=rpc.port, threads=d.threads,
                                          start_timeout=max(60.0, rpc.connect_timeout)).start()
-            remote = connect_direct(rpc.host, self.server.port, rpc.session_timeout, rpc.connect_timeout)
+            # Our own server: a long campaign must not hit TVM's session expiry (hung ops have op_timeout).
+            remote = connect_direct(rpc.host, self.server.port, max(rpc.session_timeout, LOCAL_SESSION_S),
+                                    rpc.connect_timeout)
             address = self.server.address
         elif rpc.mode == "direct":  # a board's server (an emulated one is started by boards.prepare)
             remote = connect_direct(rpc.host, rpc.port, rpc.session_timeout, rpc.connect_timeout)
