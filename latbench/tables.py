@@ -267,8 +267,8 @@ def ok_mask(df: pd.DataFrame) -> pd.Series:
 
 def ok_rows(df: pd.DataFrame, value: str = "median_ms") -> pd.DataFrame:
     """Only successfully measured rows with a finite, positive ``value`` (the median)."""
-    if df.empty:
-        return df
+    if df.empty or value not in df:  # a table of error rows only has no latency column
+        return df.iloc[:0]
     return df[ok_mask(df) & (pd.to_numeric(df[value], errors="coerce") > 0)]
 
 
