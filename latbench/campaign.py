@@ -215,15 +215,15 @@ class Campaign:
         floors = stored.merged(campaign_levels)
         stored.remember(campaign_levels, visits)
         good = {k: vs for k, vs in visits.items() if k not in errors and vs}
+        n_unstable = 0
         for k, vs in good.items():
             row = rounds.summarize_item(vs, floors, plan)
             row["max_abs_err"] = vs[-1].get("max_abs_err")
             row["tolerance"] = vs[-1].get("tolerance")
+            n_unstable += bool(row["unstable"])
             write(k, row)
         self.summary = rounds.campaign_summary(good, floors, plan)
-        self.summary["unstable"] = sum(bool(rounds.summarize_item(vs, floors, plan)["unstable"])
-                                       for vs in good.values())
-        self.summary["errors"] = len(errors)
+        self.summary.update(unstable=n_unstable, errors=len(errors))
         self._warn(good)
         log.info(self.summary_line())
 
@@ -240,15 +240,14 @@ class Campaign:
         if self.summary.get("unstable"):
             log.warning("%d of %d items are flagged unstable (CI above %g %% after %d visits); they are marked in "
                         "the table (`latbench table show`); rerun on a quieter machine for better numbers",
-                        self.summary["unstable"], len(visits), 100 * (self.plan.ci_target if self.plan else 0),
-                        self.plan.visit_cap if self.plan else 0)
+                        self.summary["unstable"], len(visits), 100 * self.plan.ci_target, self.plan.visit_cap)
 
     def summary_line(self) -> str:
         """One line on the campaign: visits, rejections, the reference's drift, unstable items."""
         s = self.summary
         if not s:
             return "nothing was timed"
-        line = (f"{s['items']} items, {s['visits']} visits ({self.plan.rounds if self.plan else 0} rounds), "
+        line = (f"{s['items']} items, {s['visits']} visits ({self.plan.rounds} rounds), "
                 f"{s['rejected']} rejected as slow moments ({100 * s['rejected'] / max(1, s['visits']):.1f} %)")
         if "ref_min_ms" in s:
             line += (f", reference {s['ref_min_ms']:.3f}–{s['ref_max_ms']:.3f} ms (drift {s['ref_drift']:.2f}×, "
