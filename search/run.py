@@ -1,9 +1,10 @@
 """``python -m search.run --predictor lut.pkl``: a ProxylessNAS search with a latency predictor.
 
 Writes into ``--out``: ``arch.json`` (the derived architecture at the predictor's deployment
-resolution, argmax of α per layer), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (every
-epoch; ``--resume`` continues from it) and ``summary.json`` (predicted latency, accuracy, and the
-measured latency with ``--measure``). :func:`main` is callable from Python and returns the exit code.
+resolution, argmax of α per layer; also as the official ProxylessNAS ``net.config``), ``log.csv``
+(one row per epoch), ``checkpoint.pt`` (every epoch; ``--resume`` continues from it) and
+``summary.json`` (predicted latency, accuracy, and the measured latency with ``--measure``).
+:func:`main` is callable from Python and returns the exit code.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from latbench.campaign import measure_archs
 from latbench.errors import LatbenchError
+from latbench.netconfig import NetConfig
 from latbench.space import Arch
 from predictors import load_predictor
 from search.losses import LOSS_FORMS
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     arch = searcher.derived_arch()
     arch.save(out / "arch.json")
+    NetConfig.from_arch(arch).save(out / "net.config")  # the official format (latbench measure --net-config)
     summary: dict[str, Any] = {
         "arch": arch.to_dict(),
         "predicted_ms": searcher.latency.predict(arch),
