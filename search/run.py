@@ -1,10 +1,9 @@
 """``python -m search.run --predictor lut.pkl``: a ProxylessNAS search with a latency predictor.
 
 Writes into ``--out``: ``arch.json`` (the derived architecture at the predictor's deployment
-resolution, argmax of α per layer; also as the official ProxylessNAS ``net.config``), ``log.csv``
-(one row per epoch), ``checkpoint.pt`` (every epoch; ``--resume`` continues from it) and
-``summary.json`` (predicted latency, accuracy, and the measured latency with ``--measure``).
-:func:`main` is callable from Python and returns the exit code.
+resolution, argmax of α per layer), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (every
+epoch; ``--resume`` continues from it) and ``summary.json`` (predicted latency, accuracy, and the
+measured latency with ``--measure``). :func:`main` is callable from Python and returns the exit code.
 """
 from __future__ import annotations
 
