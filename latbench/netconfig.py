@@ -280,29 +280,25 @@ class NetConfig(_Layer):
             classifier=LinearLayer(in_features=logits.in_ch, out_features=logits.out_ch, dropout_rate=dropout),
         )
 
-    def _structure(self) -> str:
-        """The config without what does not change the network's ops (dropout, BN parameters)."""
-        d = self.to_dict()
-        d.pop("bn", None)
-        d["classifier"]["dropout_rate"] = 0.0
-        return json.dumps(d, sort_keys=True)
-
     def to_arch(self, resolution: int = 224) -> Arch | None:
         """The architecture of the space this config is (at ``resolution``), or ``None`` if it is not one."""
         if len(self.blocks) != 22 or self.in_channels != 3:
+            return None
+        try:
+            want = [o.key for o in self.at(resolution).op_specs]
+        except ConfigError:
             return None
         ops = []
         for blk in self.blocks:
             conv = blk.mobile_inverted_conv
             ops.append(ZERO if isinstance(conv, ZeroLayer)
                        else f"{conv.kernel_size}x{conv.kernel_size}_MBConv{conv.expand_ratio}")
-        want = self._structure()
         for w in _WIDTHS:
             try:
                 arch = Space(resolution, w, self.n_classes).arch(ops)
             except ConfigError:
                 continue
-            if NetConfig.from_arch(arch)._structure() == want:
+            if [o.key for o in arch.op_specs] == want:
                 return arch
         return None
 
@@ -402,8 +398,10 @@ class Net:
 
     @property
     def key(self) -> str:
-        """``net-r<resolution>-c<classes>-`` + a digest of the structure (dropout and BN parameters left out)."""
-        digest = hashlib.sha256(self.config._structure().encode()).hexdigest()[:16]
+        """``net-r<resolution>-c<classes>-`` + a digest of its op keys in order: they fix what the network
+        computes (identity blocks compute nothing; dropout, BN parameters and the OFA-only fields do not
+        change it), so two configs of the same network share the key, its artifact and its table row."""
+        digest = hashlib.sha256("|".join(o.key for o in self.op_specs).encode()).hexdigest()[:16]
         return f"net-r{self.resolution}-c{self.config.n_classes}-{digest}"
 
     def to_arch(self) -> Arch | None:

@@ -110,6 +110,26 @@ def test_released_net_loads_builds_and_runs(path, params, stem, mix):
         assert small(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
 
 
+def test_ofa_variant_of_the_format_is_the_same_network():
+    """Once-for-All / MCUNet write extra fields (mid_channels, act_func, use_se, list channels, ws_eps)."""
+    d = tiny()
+    d["bn"]["ws_eps"] = None
+    for b in d["blocks"]:
+        conv = b["mobile_inverted_conv"]
+        if conv["name"] == "MBInvertedConvLayer":
+            e = conv["expand_ratio"]
+            conv.update(mid_channels=conv["in_channels"] * e if e > 1 else None, act_func="relu6", use_se=False)
+        if sc := b["shortcut"]:
+            sc.update(in_channels=[sc["in_channels"]], out_channels=[sc["out_channels"]])
+    ofa = NetConfig.from_dict(d)
+    assert NetConfig.from_dict(ofa.to_dict()) == ofa  # its own fields round-trip
+    assert ofa.at(32).key == NetConfig.from_dict(tiny()).at(32).key
+    assert [o.key for o in ofa.at(32).op_specs] == [o.key for o in NetConfig.from_dict(tiny()).at(32).op_specs]
+    d["blocks"][1]["mobile_inverted_conv"]["mid_channels"] = 50
+    with pytest.raises(ConfigError, match=r"blocks\[1\]: mid_channels 50 is not in_channels x expand_ratio \(72\)"):
+        NetConfig.from_dict(d)
+
+
 # -- bad input -----------------------------------------------------------------------------------------------
 def _bad(edit) -> dict:
     d = copy.deepcopy(tiny())
