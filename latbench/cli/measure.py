@@ -11,11 +11,12 @@ from latbench.artifacts import ArtifactCache
 from latbench.backends.base import get_backend
 from latbench.campaign import Campaign, Job, network_jobs, network_rows, plan_of
 from latbench.cli.ops import add_space_args
-from latbench.devices import get_device
+from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.netconfig import Net, load_net_config
 from latbench.offline import measure_artifacts
 from latbench.ops import OpSpec
+from latbench.rounds import Plan
 from latbench.sampling import sample_ops
 from latbench.space import Arch, Space, random_archs
 from latbench.tables import ok_rows, read_table
@@ -144,7 +145,7 @@ def networks_of(args: argparse.Namespace) -> list[tuple[str, Arch | Net]]:
     return out
 
 
-def run_networks(args: argparse.Namespace, device, plan, labelled: list[tuple[str, Arch | Net]]) -> int:
+def run_networks(args: argparse.Namespace, device: Device, plan: Plan, labelled: list[tuple[str, Arch | Net]]) -> int:
     """Measure whole networks (and their ops) in one campaign; print one line per network."""
     nets = [n for _, n in labelled]
     extra = [OpSpec.parse(k) for k in args.op or []]
