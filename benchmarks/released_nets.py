@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     facts = host_facts()
     print(f"device {device.name}, backend {backend}, resolution {args.resolution}, "
           f"{device.threads} thread(s); campaign {seconds:.0f} s (cached items cost nothing)")
-    print(f"machine: {facts.get('cpu_model')} ({os.cpu_count()} CPUs), load {os.getloadavg()[0]:.2f} at the end")
+    print(f"machine: {facts.get('cpu_model')} (LLVM cpu {facts.get('llvm_cpu')}, {os.cpu_count()} CPUs), "
+          f"load {os.getloadavg()[0]:.2f} at the end")
     print(f"{'network':24s} {'ops':>4s} {'measured ms':>12s} {'95% CI ms':>17s} {'sum of ops ms':>14s} "
           f"{'sum/measured':>12s}")
     result = []
