@@ -246,7 +246,7 @@ def test_search_writes_the_official_net_config(tmp_path):
     out = tmp_path / "search"
     assert main(["--predictor", str(lut), "--epochs", "1", "--warmup-epochs", "0", "--train-batches", "1",
                  "--val-batches", "1", "--test-batches", "1", "--batch-size", "4", "--resolution", "16",
-                 "--out", str(out)]) == 0
+                 "--threads", "1", "--out", str(out)]) == 0
     arch = Arch.load(out / "arch.json")
     cfg = NetConfig.load(out / "net.config")
     assert cfg == NetConfig.from_arch(arch) and cfg.to_arch(arch.resolution) == arch
