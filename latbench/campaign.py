@@ -34,6 +34,7 @@ from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.facts import host_facts, versions
 from latbench.jobs import RTOL, Job
+from latbench.netconfig import Net
 from latbench.ops import OpSpec
 from latbench.progress import bar
 from latbench.runners import make_runner
@@ -44,7 +45,7 @@ from latbench.space import Arch
 from latbench.tables import TableStore, table_path
 
 __all__ = ["Campaign", "Job", "RTOL", "build_all", "build_job", "compile_jobs", "measure_ops", "measure_archs",
-           "measure_jobs", "plan_of"]
+           "measure_jobs", "measure_networks", "network_jobs", "plan_of"]
 
 log = logging.getLogger(__name__)
 
@@ -329,16 +330,44 @@ def measure_ops(ops: Iterable[OpSpec], device: Device | str = "local-cpu", out_d
     return measure_jobs(jobs, device, out_dir, backend, cache, progress, limit, **plan)
 
 
+def network_jobs(nets: Iterable[Arch | Net], with_ops: bool = True, ops: Iterable[OpSpec] = ()) -> list[Job]:
+    """The jobs of whole networks (archs of the space or net configs at a resolution), first, then every
+    distinct op of them (``with_ops``) and ``ops``: one campaign times them all in the same rounds, the
+    networks into the archs table and the ops into the op table."""
+    nets = list(nets)
+    jobs = list({n.key: Job.network(n) for n in nets}.values())
+    own = [o for n in nets for o in n.op_specs] if with_ops else []
+    return jobs + [Job.op(o) for o in dict.fromkeys([*own, *ops])]
+
+
+def network_rows(df: pd.DataFrame, nets: Sequence[Arch | Net]) -> pd.DataFrame:
+    """The rows of an archs table for ``nets``, in their order (those not in it left out)."""
+    keys = list(dict.fromkeys(n.key for n in nets))
+    if df.empty:
+        return df
+    return df.drop_duplicates("key", keep="last").set_index("key").loc[
+        [k for k in keys if k in set(df["key"])]].reset_index()
+
+
+def measure_networks(nets: Iterable[Arch | Net], device: Device | str = "local-cpu", out_dir: str | Path = "data",
+                     backend: Backend | str | None = None, cache: str | Path | None = None,
+                     progress: bool = False, with_ops: bool = True, ops: Iterable[OpSpec] = (),
+                     **plan: Any) -> pd.DataFrame:
+    """Measure whole networks and (``with_ops``) their ops in one interleaved campaign (what
+    ``latbench measure --arch/--net-config/--archs`` does); returns the archs-table rows of ``nets``."""
+    nets = list(nets)
+    if not nets:
+        raise LatbenchError("no networks to measure")
+    df = measure_jobs(network_jobs(nets, with_ops, ops), device, out_dir, backend, cache, progress, **plan)
+    return network_rows(df, nets)
+
+
 def measure_archs(archs: Iterable[Arch], device: Device | str = "local-cpu", out_dir: str | Path = "data",
                   backend: Backend | str | None = None, cache: str | Path | None = None,
                   progress: bool = False, ops: Iterable[OpSpec] = (), **plan: Any) -> pd.DataFrame:
     """Measure whole networks (with ``ops`` timed in the same rounds, into the op table); returns the
     rows of the archs table for the given archs."""
-    archs = list(archs)
-    jobs = list({a.key: Job.network(a) for a in archs}.values()) + [Job.op(o) for o in dict.fromkeys(ops)]
-    df = measure_jobs(jobs, device, out_dir, backend, cache, progress, **plan)
-    keys = [a.key for a in archs]
-    return df.set_index("key").loc[[k for k in keys if k in set(df["key"])]].reset_index()
+    return measure_networks(archs, device, out_dir, backend, cache, progress, with_ops=False, ops=ops, **plan)
 
 
 def measure_artifacts(root: str | Path, device: Device, out_dir: str | Path, progress: bool = True,

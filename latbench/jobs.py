@@ -1,4 +1,5 @@
-"""What is measured: a :class:`Job` is one op (key = official op key) or one whole network (key = arch key).
+"""What is measured: a :class:`Job` is one op (key = official op key) or one whole network (key = arch key,
+or for a network from an official net config, :attr:`latbench.netconfig.Net.key`).
 
 Every runner, the build and the campaign take jobs; this module sits below all of them.
 """
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from latbench.features import op_features
+from latbench.netconfig import Net
 from latbench.ops import OpSpec
 from latbench.space import Arch
 from latbench.board.timing import RTOL
@@ -34,8 +36,16 @@ class Job:
         return Job(op.key, "ops")
 
     @staticmethod
-    def network(arch: Arch) -> Job:
-        return Job(arch.key, "archs", arch.to_dict())
+    def network(net: Arch | Net) -> Job:
+        """A whole network: an arch of the space, or a net config at a resolution (its ``arch`` field then
+        holds ``{"resolution": R, "net_config": {...}}``)."""
+        return Job(net.key, "archs", net.to_dict())
+
+    @property
+    def net(self) -> Arch | Net:
+        """The network of an ``archs`` job."""
+        d = self.arch or {}
+        return Net.from_dict(d, self.key) if "net_config" in d else Arch.from_dict(d)
 
     def describe(self) -> dict[str, Any]:
         """The row fields that identify this job (shape fields and features, or the arch)."""
@@ -46,18 +56,23 @@ class Job:
                    "kernel": op.kernel, "stride": op.stride, "idskip": op.idskip}
             row.update(op_features(op))  # shape fields repeat with the same values
             return row
-        arch = Arch.from_dict(self.arch or {})
-        return {"kind": "arch", "arch": arch.to_json(), "resolution": arch.resolution,
-                "width_mult": arch.width_mult}
+        net = self.net
+        if isinstance(net, Net):  # a network outside the space: no arch, its net config instead
+            return {"kind": "arch", "net_config": net.config.to_json(), "resolution": net.resolution,
+                    "n_classes": net.config.n_classes}
+        return {"kind": "arch", "arch": net.to_json(), "resolution": net.resolution,
+                "width_mult": net.width_mult}
 
     def module_and_input(self) -> tuple[Any, Any]:
         """The eval-mode PyTorch module and its seeded example input."""
-        from latbench.modules import build_network, build_op_module, example_input
+        from latbench.modules import build_net, build_network, build_op_module, example_input
 
         if self.what == "ops":
             op = OpSpec.parse(self.key)
             return build_op_module(op), example_input(op.input_shape, self.key)
-        arch = Arch.from_dict(self.arch or {})
-        return build_network(arch), example_input((1, 3, arch.resolution, arch.resolution), self.key)
+        net = self.net
+        if isinstance(net, Net):
+            return build_net(net), example_input(net.input_shape, self.key)
+        return build_network(net), example_input((1, 3, net.resolution, net.resolution), self.key)
 
 

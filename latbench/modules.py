@@ -12,6 +12,7 @@ import hashlib
 import torch
 from torch import nn
 
+from latbench.netconfig import MBInvertedConvLayer, Net, NetConfig
 from latbench.ops import OpSpec
 from latbench.space import Arch, Space, ZERO, parse_candidate
 
@@ -129,3 +130,46 @@ def build_network(arch: Arch) -> nn.Module:
     net = Network(arch)
     randomize_bn(net, torch.Generator().manual_seed(seed_of("bn:" + arch.key)))
     return net.eval()
+
+
+class ConfigNetwork(nn.Module):
+    """A network from an official net config (:mod:`latbench.netconfig`), any per-block widths.
+
+    Built from the same blocks as :class:`Network` and with the same attribute names (``stem``,
+    ``blocks`` without the identity blocks, ``feature_mix``, ``classifier``), so the net config of an
+    arch of the space (:meth:`NetConfig.from_arch`) gives a module whose ``state_dict`` is
+    interchangeable with ``Network(arch)``'s. BN momentum/eps come from the config's ``bn``.
+    """
+
+    def __init__(self, config: NetConfig, dropout: float | None = None) -> None:
+        super().__init__()
+        fc = config.first_conv
+        self.stem = conv_bn(fc.in_channels, fc.out_channels, fc.kernel_size, fc.stride)
+        blocks = []
+        for blk in config.blocks:
+            conv = blk.mobile_inverted_conv
+            if isinstance(conv, MBInvertedConvLayer):
+                blocks.append(MBConv(conv.in_channels, conv.out_channels, conv.kernel_size, conv.expand_ratio,
+                                     conv.stride, residual=blk.shortcut is not None))
+        self.blocks = nn.Sequential(*blocks)
+        fm = config.feature_mix_layer
+        self.feature_mix = conv_bn(fm.in_channels, fm.out_channels, 1, 1) if fm is not None else nn.Identity()
+        cl = config.classifier
+        self.classifier = Classifier(cl.in_features, cl.out_features,
+                                     cl.dropout_rate if dropout is None else dropout)
+        if config.bn is not None:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = config.bn.momentum
+                    m.eps = config.bn.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.feature_mix(self.blocks(self.stem(x))))
+
+
+def build_net(net: Net) -> nn.Module:
+    """The network of a net config at a resolution in eval mode, with weights seeded from its key."""
+    torch.manual_seed(seed_of(net.key))
+    module = ConfigNetwork(net.config)
+    randomize_bn(module, torch.Generator().manual_seed(seed_of("bn:" + net.key)))
+    return module.eval()

@@ -270,6 +270,21 @@ class Arch:
         return path
 
 
+def random_archs(space: Space, n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[Arch]:
+    """``n`` distinct uniformly random architectures of ``space`` (deterministic per seed; keys in
+    ``exclude`` are skipped)."""
+    if n < 1:
+        raise LatbenchError(f"number of architectures must be >= 1, got {n}")
+    rng = random.Random(seed)
+    seen, out = set(exclude), []
+    while len(out) < n:
+        a = space.sample(rng)
+        if a.key not in seen:
+            seen.add(a.key)
+            out.append(a)
+    return out
+
+
 def distinct_ops(archs: Iterable[Arch]) -> list[OpSpec]:
     """The distinct ops a set of architectures uses, sorted by key."""
     ops = {op.key: op for a in archs for op in a.op_specs}

@@ -3,7 +3,8 @@
 Layout under an output directory ``DIR``::
 
     DIR/<device>/ops-<backend>.parquet      # op latencies (key = official ProxylessNAS op key)
-    DIR/<device>/archs-<backend>.parquet    # whole-network latencies (key = Arch.key, arch = JSON)
+    DIR/<device>/archs-<backend>.parquet    # whole-network latencies (key = Arch.key, arch = JSON; or
+                                            # key = Net.key, net_config = official net.config JSON)
     DIR/<device>/<table>.journal.jsonl      # rows not yet consolidated into the Parquet file
 
 Every result is appended to the journal and fsync'd the moment it is taken, so Ctrl-C, a crash or
@@ -13,7 +14,8 @@ is ``ok`` or ``error`` (with ``error`` saying why); a resumed campaign skips key
 
 Columns (users open these in pandas):
 ``key``, ``kind`` (op kind or ``arch``), op shape fields and :data:`latbench.features.FEATURE_NAMES`
-(op tables), ``arch``/``resolution``/``width_mult`` (arch tables), ``device``, ``backend``,
+(op tables), ``arch``/``resolution``/``width_mult`` (arch tables; ``net_config``/``resolution``/
+``n_classes`` for networks from official net configs outside the space), ``device``, ``backend``,
 ``target`` (JSON), ``status``, ``error``, ``mean_ms``, ``median_ms``, ``std_ms``, ``min_ms``,
 ``max_ms``, ``cv`` (std/mean), timing settings ``number``, ``repeat``, ``min_repeat_ms``,
 ``warmup``, ``num_threads``, ``max_abs_err`` (vs PyTorch), ``server`` (which RPC server timed

@@ -131,6 +131,11 @@ class BasePredictor(RegressorMixin, BaseEstimator):
             raise self._missing(specs[bad[0]].key, None)
         return raw * self.scale_
 
+    def predict_network(self, ops: Sequence[OpSpec | str]) -> float:
+        """Latency (ms) of a whole network given its ops (e.g. ``Net.op_specs`` of an official net config,
+        widths outside the space allowed): the calibrated sum, equal to :meth:`predict` for an arch."""
+        return float(np.sum(self.predict_ops(ops)) + self.offset_)
+
     def _missing(self, key: str, space: Space | None) -> MissingOpError:
         dep = self.deployment_space()
         where = ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from latbench.campaign import measure_archs
 from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.metrics import accuracy_metrics
-from latbench.space import Arch, Space
+from latbench.space import Arch, Space, random_archs
 from latbench.tables import ok_rows, table_path
 from predictors.base import BasePredictor
 from predictors.lut import LUTPredictor
@@ -68,16 +67,7 @@ def scatter_plot(predicted: Sequence[float], measured: Sequence[float], path: st
 
 def sample_archs(space: Space, n: int, seed: int = 0, exclude: Sequence[str] = ()) -> list[Arch]:
     """``n`` distinct uniformly random architectures of ``space`` (deterministic per seed)."""
-    if n < 1:
-        raise LatbenchError(f"number of architectures must be >= 1, got {n}")
-    rng = random.Random(seed)
-    seen, out = set(exclude), []
-    while len(out) < n:
-        a = space.sample(rng)
-        if a.key not in seen:
-            seen.add(a.key)
-            out.append(a)
-    return out
+    return random_archs(space, n, seed, exclude)
 
 
 def interleave(main: Sequence[Arch], extra: Sequence[Arch]) -> list[Arch]:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from latbench.campaign import measure_archs
 from latbench.errors import LatbenchError
+from latbench.netconfig import NetConfig
 from latbench.space import Arch
 from predictors import load_predictor
 from search.losses import LOSS_FORMS
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     arch = searcher.derived_arch()
     arch.save(out / "arch.json")
+    NetConfig.from_arch(arch).save(out / "net.config")  # the official format (latbench measure --net-config)
     summary: dict[str, Any] = {
         "arch": arch.to_dict(),
         "predicted_ms": searcher.latency.predict(arch),

@@ -55,6 +55,7 @@ def _data_from_predictor(args: argparse.Namespace):
     if "arch" not in df.columns:
         raise AdaptError(f"{args.samples}: no 'arch' column (architecture JSON); --proxy needs an architecture "
                          "table such as DIR/<device>/archs-<backend>.parquet")
+    df = df[df["arch"].notna()]  # networks from net configs outside the space have no arch JSON
     if is_long(df):
         devices = sorted(df["device"].astype(str).unique())
         target = args.target or (devices[0] if len(devices) == 1 else None)

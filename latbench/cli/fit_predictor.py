@@ -49,6 +49,7 @@ def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[f
         raise LatbenchError(f"calibration tables are from device {', '.join(sorted(devices))} but the op tables "
                             f"from {device!r}; calibrate with the same device's measurements")
     df = ok_rows(df)
+    df = df[df["arch"].notna()]  # networks from net configs outside the space have no arch JSON to predict from
     archs = [Arch.from_dict(json.loads(a) if isinstance(a, str) else a, "calibration table") for a in df["arch"]]
     return archs, [float(v) for v in df["median_ms"]]
 

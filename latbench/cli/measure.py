@@ -1,4 +1,5 @@
-"""``latbench measure``: profile the space's ops (or a prebuilt artifact set) on a device."""
+"""``latbench measure``: profile the space's ops, or whole networks and their ops (``--arch``,
+``--net-config``, ``--archs N``), or a prebuilt artifact set, on a device."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +9,17 @@ from pathlib import Path
 
 from latbench.artifacts import ArtifactCache
 from latbench.backends.base import get_backend
-from latbench.campaign import Campaign, Job, plan_of
+from latbench.campaign import Campaign, Job, network_jobs, network_rows, plan_of
 from latbench.cli.ops import add_space_args
-from latbench.devices import get_device
+from latbench.devices import Device, get_device
+from latbench.errors import LatbenchError
+from latbench.netconfig import Net, load_net_config
 from latbench.offline import measure_artifacts
 from latbench.ops import OpSpec
+from latbench.rounds import Plan
 from latbench.sampling import sample_ops
-from latbench.space import Space
-from latbench.tables import ok_rows
+from latbench.space import Arch, Space, random_archs
+from latbench.tables import ok_rows, read_table
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +60,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "measure", help="measure op latencies on a device",
         description="Compile every distinct op of the space for the device's target (cached, in parallel), "
                     "time each on the device over TVM RPC, and append one row per op to the Parquet table "
-                    "OUT/<device>/ops-<backend>.parquet. Resumable: a rerun measures only what is missing.")
+                    "OUT/<device>/ops-<backend>.parquet. With --arch, --net-config or --archs, whole networks are "
+                    "measured instead, with their ops in the same interleaved rounds: the networks go to "
+                    "OUT/<device>/archs-<backend>.parquet, their ops to the op table. Resumable: a rerun measures "
+                    "only what is missing.")
     add_space_args(p)
     add_device_args(p)
     p.add_argument("--out", "-o", default="data", help="table directory (default: data)")
     p.add_argument("--limit", type=int, default=None, help="measure only the first N ops")
     p.add_argument("--sample", type=int, default=0, metavar="N",
                    help="also measure N random MBConv configurations beyond the space (predictor training data)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample and --archs (default 0)")
+    g = p.add_argument_group("whole networks", "measure networks end to end (and their ops, in the same rounds)")
+    g.add_argument("--arch", action="append", default=None, metavar="FILE",
+                   help="an architecture JSON of the space ({\"resolution\": 224, \"width_mult\": 1.0, \"ops\": "
+                        "[...]}, e.g. a search's OUT/arch.json); repeatable")
+    g.add_argument("--net-config", action="append", default=None, metavar="FILE",
+                   help="an official ProxylessNAS net.config (any per-block widths, e.g. the released proxyless_cpu), "
+                        "at --resolution; repeatable")
+    g.add_argument("--archs", type=int, default=0, metavar="N",
+                   help="N seeded random architectures of the space (--resolution/--width/--classes, --seed)")
+    g.add_argument("--no-ops", dest="with_ops", action="store_false",
+                   help="time only the whole networks, not their ops")
     p.add_argument("--op", action="append", default=None, metavar="KEY",
                    help="measure only this op key (official format; repeatable) instead of the space")
     p.add_argument("--artifacts", default=None, metavar="DIR",
@@ -75,6 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = get_device(args.target)
     plan = plan_of(device, **plan_args(args))  # bad values fail before anything is built
+    nets = networks_of(args)
+    if nets:
+        if args.artifacts:
+            raise LatbenchError("--artifacts times a prebuilt set; drop --arch/--net-config/--archs")
+        return run_networks(args, device, plan, nets)
     if args.artifacts:
         df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose, **plan_args(args))
     else:
@@ -108,3 +131,54 @@ def run(args: argparse.Namespace) -> int:
         for _, r in df[df["status"] != "ok"].head(5).iterrows():
             print(f"  error {r['key']}: {r.get('error')}", file=sys.stderr)
     return 0 if len(good) else 1
+
+
+def networks_of(args: argparse.Namespace) -> list[tuple[str, Arch | Net]]:
+    """(label, network) of every --arch, --net-config and --archs network, in that order."""
+    out: list[tuple[str, Arch | Net]] = [(f, Arch.load(f)) for f in args.arch or []]
+    out += [(f, load_net_config(f, args.resolution).canonical()) for f in args.net_config or []]
+    if args.archs < 0:
+        raise LatbenchError(f"--archs must be >= 1, got {args.archs}")
+    if args.archs:
+        space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
+        out += [(a.key, a) for a in random_archs(space, args.archs, args.seed)]
+    return out
+
+
+def run_networks(args: argparse.Namespace, device: Device, plan: Plan, labelled: list[tuple[str, Arch | Net]]) -> int:
+    """Measure whole networks (and their ops) in one campaign; print one line per network."""
+    nets = [n for _, n in labelled]
+    extra = [OpSpec.parse(k) for k in args.op or []]
+    if args.sample:
+        extra += sample_ops(args.sample, args.seed)
+    jobs = network_jobs(nets, args.with_ops, extra)
+    campaign = Campaign(device, get_backend(args.backend), Path(args.out), ArtifactCache(args.cache),
+                        workers=args.workers, progress=True, plan=plan)
+    try:
+        df = campaign.run(jobs, args.limit)
+    except KeyboardInterrupt:
+        print(f"latbench: interrupted; finished rows are in {campaign.store('archs').path} and "
+              f"{campaign.store('ops').path} — rerun the same command to resume", file=sys.stderr)
+        return 130
+    if campaign.summary:
+        print(f"campaign: {campaign.summary_line()}", file=sys.stderr)
+    rows = network_rows(df, nets).set_index("key") if len(df) else None
+    n_ok = n_done = 0
+    for label, net in labelled:
+        if rows is None or net.key not in rows.index:
+            continue  # left out by --limit
+        n_done += 1
+        r = rows.loc[net.key]
+        if r.get("status", "ok") == "ok":
+            n_ok += 1
+            print(f"{float(r['median_ms']):10.4f} ms  {label}")
+        else:
+            print(f"  error {label}: {r.get('error')}", file=sys.stderr)
+    msg = (f"{n_ok} networks measured on {device.name} ({n_done - n_ok} errors) → "
+           f"{campaign.store('archs').path}")
+    op_keys = {j.key for j in jobs if j.what == "ops"}
+    if op_keys and campaign.store("ops").path.exists():
+        ops = ok_rows(read_table(campaign.store("ops").path))
+        msg += f"; {len(op_keys & set(ops['key']))} of their {len(op_keys)} ops → {campaign.store('ops').path}"
+    print(msg)
+    return 0 if n_done and n_ok == n_done else 1
