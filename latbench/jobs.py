@@ -10,6 +10,7 @@ from typing import Any, Literal
 from latbench.features import op_features
 from latbench.ops import OpSpec
 from latbench.space import Arch
+from latbench.spaces import DEFAULT_SPACE, arch_key, build_arch, describe_arch, space_of
 from latbench.board.timing import RTOL
 
 __all__ = ["Job", "RTOL", "What", "REFERENCE_KEY"]
@@ -34,7 +35,11 @@ class Job:
         return Job(op.key, "ops")
 
     @staticmethod
-    def network(arch: Arch) -> Job:
+    def network(arch: Arch | dict) -> Job:
+        """A whole network: an :class:`Arch` of our space, or an architecture dict of any registered
+        space (:mod:`latbench.spaces`, e.g. ``{"space": "nasbench201", "arch_str": …}``)."""
+        if isinstance(arch, dict):
+            return Job(arch_key(arch), "archs", dict(arch))
         return Job(arch.key, "archs", arch.to_dict())
 
     def describe(self) -> dict[str, Any]:
@@ -46,6 +51,8 @@ class Job:
                    "kernel": op.kernel, "stride": op.stride, "idskip": op.idskip}
             row.update(op_features(op))  # shape fields repeat with the same values
             return row
+        if space_of(self.arch or {}) != DEFAULT_SPACE:
+            return describe_arch(self.arch or {})
         arch = Arch.from_dict(self.arch or {})
         return {"kind": "arch", "arch": arch.to_json(), "resolution": arch.resolution,
                 "width_mult": arch.width_mult}
@@ -57,6 +64,9 @@ class Job:
         if self.what == "ops":
             op = OpSpec.parse(self.key)
             return build_op_module(op), example_input(op.input_shape, self.key)
+        if space_of(self.arch or {}) != DEFAULT_SPACE:
+            net, shape = build_arch(self.arch or {})
+            return net, example_input(shape, self.key)
         arch = Arch.from_dict(self.arch or {})
         return build_network(arch), example_input((1, 3, arch.resolution, arch.resolution), self.key)
 

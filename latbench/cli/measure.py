@@ -9,12 +9,13 @@ from pathlib import Path
 from latbench.artifacts import ArtifactCache
 from latbench.backends.base import get_backend
 from latbench.campaign import Campaign, Job, plan_of
-from latbench.cli.ops import add_space_args
+from latbench.cli.ops import add_space_args, add_space_name_arg
 from latbench.devices import get_device
 from latbench.offline import measure_artifacts
 from latbench.ops import OpSpec
 from latbench.sampling import sample_ops
 from latbench.space import Space
+from latbench.spaces import DEFAULT_SPACE, get_space
 from latbench.tables import ok_rows
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default=None, metavar="DIR",
                    help="time a prebuilt artifact set (from `latbench compile --out DIR`) instead of building")
     add_rounds_args(p)
+    # issue 17: other search spaces, whole networks (issue 13 adds --archs too: keep one, same meaning).
+    add_space_name_arg(p)
+    p.add_argument("--archs", type=int, default=0, metavar="N",
+                   help="measure N seeded random whole networks (--seed S); with --space nasbench201 the rows "
+                        "carry arch_str and arch_index")
+    p.add_argument("--space-arch", action="append", default=None, metavar="SPEC",
+                   help="with --space nasbench201: also measure this network (official string or index; repeatable)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     device = get_device(args.target)
     plan = plan_of(device, **plan_args(args))  # bad values fail before anything is built
+    if get_space(args.space).name != DEFAULT_SPACE or args.archs or args.space_arch:
+        from latbench.cli.measure_space import run_space
+
+        return run_space(args, device, plan)
     if args.artifacts:
         df = measure_artifacts(args.artifacts, device, args.out, progress=not args.verbose, **plan_args(args))
     else:
