@@ -133,11 +133,12 @@ def nb201_resolve(spec: str | int) -> tuple[int, str]:
 
 
 def nb201_sample(n: int, seed: int = 0) -> list[tuple[int, str]]:
-    """``n`` distinct architectures drawn uniformly with ``seed`` (the same on every machine)."""
+    """``n`` distinct architectures drawn uniformly with ``seed`` (the same on every machine; the first
+    ``m`` of a draw of ``n`` are the draw of ``m``)."""
     if not 1 <= n <= NB201_SIZE:
         raise AdaptError(f"can draw 1..{NB201_SIZE} NAS-Bench-201 architectures, not {n}")
     strs, _ = official_order()
-    picks = np.random.default_rng(seed).choice(NB201_SIZE, size=n, replace=False)
+    picks = np.random.default_rng(seed).permutation(NB201_SIZE)[:n]  # prefix-stable: n=60 ⊂ n=300
     return [(int(i), strs[int(i)]) for i in picks]
 
 

@@ -443,3 +443,49 @@ def test_adapt_cli_auto_and_sources(capsys, tmp_path, sample):
     assert "target: my-board  sources: 5 devices" in stdout and "pixel3" in stdout
     code, _, err = run_cli(capsys, "adapt", "--proxy-column", "auto", "--samples", str(SAMPLE))
     assert code == 2 and "name the target with --target" in err and err.count("\n") == 1
+
+
+# -- our measured NAS-Bench-201 tables against published ones ---------------------------------------
+def _our_nb201_table(sample: pd.DataFrame, n: int = 120) -> pd.DataFrame:
+    """A long table as `latbench measure --space nasbench201` writes it (latencies: raspi4's, noised)."""
+    rng = np.random.default_rng(2)
+    part = sample.iloc[:n]
+    return pd.DataFrame({"key": part["arch_str"], "kind": "arch", "space": "nasbench201", "arch_str": part["arch_str"],
+                         "arch_index": part["arch_index"], "device": "local-cpu", "backend": "tvm", "status": "ok",
+                         "median_ms": part["raspi4"].to_numpy() * 0.2 * np.exp(rng.normal(0, 0.05, n))})
+
+
+def test_our_arch_table_joins_published_table(capsys, tmp_path, sample):
+    d = tmp_path / "runs" / "local-cpu"
+    d.mkdir(parents=True)
+    _our_nb201_table(sample).to_parquet(d / "archs-tvm.parquet", index=False)
+    mat = load_matrix([d / "archs-tvm.parquet", SAMPLE])
+    assert mat.index[0].startswith("|") and "local-cpu" in mat.columns and "raspi4" in mat.columns
+    # published table with only the official index: joined through the index ↔ string order
+    sample.drop(columns=["arch_str"]).to_csv(tmp_path / "by_index.csv", index=False)
+    by_index = load_matrix([tmp_path / "runs", tmp_path / "by_index.csv"])
+    res = rank_correlations(by_index, bootstrap=0)
+    assert res.n.loc["local-cpu", "raspi4"] == 120 and res.spearman.loc["local-cpu", "raspi4"] > 0.9
+    by_id = load_matrix([tmp_path / "runs", SAMPLE], id_column="arch_index")
+    assert str(sample["arch_index"][0]) in by_id.index and len(by_id.dropna()) == 120
+    code, out, err = run_cli(capsys, "monotonicity", str(d / "archs-tvm.parquet"), str(SAMPLE), "--bootstrap", "20",
+                             "--devices", "local-cpu,raspi4,gold_6226")
+    assert code == 0, err
+    assert "local-cpu vs raspi4: rho=" in out and "n=120" in out
+
+
+def test_tables_of_two_spaces_are_refused(capsys, tmp_path, sample):
+    from latbench.space import Space
+
+    archs = [Space().sample(i) for i in range(5)]
+    pd.DataFrame({"key": [a.key for a in archs], "kind": "arch", "arch": [a.to_json() for a in archs],
+                  "device": "local-cpu", "backend": "tvm", "status": "ok", "median_ms": 1.0 + np.arange(5)}
+                 ).to_parquet(tmp_path / "proxyless.parquet", index=False)
+    code, _, err = run_cli(capsys, "monotonicity", str(tmp_path / "proxyless.parquet"), str(SAMPLE))
+    assert code == 2 and err.count("\n") == 1
+    assert "different search spaces" in err and "proxylessnas" in err and "nasbench201" in err
+    both = pd.concat([_our_nb201_table(sample, 5), pd.read_parquet(tmp_path / "proxyless.parquet").assign(
+        space="proxylessnas")])
+    both.to_parquet(tmp_path / "mixed.parquet", index=False)
+    code, _, err = run_cli(capsys, "monotonicity", str(tmp_path / "mixed.parquet"), str(SAMPLE))
+    assert code == 2 and "mixes architectures of spaces nasbench201, proxylessnas" in err and err.count("\n") == 1

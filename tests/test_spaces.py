@@ -67,6 +67,7 @@ def test_official_index_and_string():
     assert nb201_str(parse_nb201(ISSUE_EXAMPLE)) == ISSUE_EXAMPLE
     draws = nb201_sample(50, seed=3)
     assert draws == nb201_sample(50, seed=3) != nb201_sample(50, seed=4)
+    assert nb201_sample(20, seed=3) == draws[:20]
     assert len({i for i, _ in draws}) == 50 and all(nb201_resolve(s)[0] == i for i, s in draws)
 
 

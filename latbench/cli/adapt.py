@@ -100,7 +100,7 @@ def _matrix_of(path: str, id_column: str | None) -> tuple[pd.DataFrame, dict[str
     arch_json: dict[str, str] = {}
     if is_long(raw):
         matrix = long_to_matrix(raw, kind="archs" if "arch" in raw.columns else None, source=str(path))
-        if "arch" in raw.columns:
+        if "arch" in raw.columns and "arch_str" not in raw.columns:  # NAS-Bench-201 rows: ids are cell strings
             arch_json = dict(zip(raw["key"].astype(str), raw["arch"].astype(str)))
     else:
         matrix = wide_to_matrix(raw, id_col, None, str(path))
@@ -115,7 +115,7 @@ def _data_from_column(args: argparse.Namespace):
     if is_long(raw):
         # Our arch tables of several devices (e.g. a directory): features from the arch JSON.
         matrix = long_to_matrix(raw, kind="archs" if "arch" in raw.columns else None, source=str(args.samples))
-        if "arch" in raw.columns:
+        if "arch" in raw.columns and "arch_str" not in raw.columns:  # NAS-Bench-201 rows: ids are cell strings
             arch_json = dict(zip(raw["key"].astype(str), raw["arch"].astype(str)))
     else:
         matrix = wide_to_matrix(raw, id_col, None, str(args.samples))
