@@ -450,7 +450,10 @@ def _our_nb201_table(sample: pd.DataFrame, n: int = 120) -> pd.DataFrame:
     """A long table as `latbench measure --space nasbench201` writes it (latencies: raspi4's, noised)."""
     rng = np.random.default_rng(2)
     part = sample.iloc[:n]
-    return pd.DataFrame({"key": part["arch_str"], "kind": "arch", "space": "nasbench201", "arch_str": part["arch_str"],
+    arch = [json.dumps({"space": "nasbench201", "arch_str": a, "arch_index": int(i)})
+            for a, i in zip(part["arch_str"], part["arch_index"])]
+    return pd.DataFrame({"key": part["arch_str"], "kind": "arch", "space": "nasbench201", "arch": arch,
+                         "arch_str": part["arch_str"],
                          "arch_index": part["arch_index"], "device": "local-cpu", "backend": "tvm", "status": "ok",
                          "median_ms": part["raspi4"].to_numpy() * 0.2 * np.exp(rng.normal(0, 0.05, n))})
 
@@ -472,6 +475,12 @@ def test_our_arch_table_joins_published_table(capsys, tmp_path, sample):
                              "--devices", "local-cpu,raspi4,gold_6226")
     assert code == 0, err
     assert "local-cpu vs raspi4: rho=" in out and "n=120" in out
+    # and the proxy for our device chosen among the published ones from 10 of its samples
+    code, out, err = run_cli(capsys, "adapt", "--sources", str(SAMPLE), "--samples", str(d / "archs-tvm.parquet"),
+                             "--k", "10", "--eval-k", "10", "--repeats", "2", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["target"] == "local-cpu" and res["feature_kind"] == "nb201" and res["chosen"][0][0] == "raspi4"
 
 
 def test_tables_of_two_spaces_are_refused(capsys, tmp_path, sample):
