@@ -95,6 +95,13 @@ def get_space(name: str | None) -> SearchSpace:
     return SPACES[aliases[key]]
 
 
+def check_skeleton_args(space: SearchSpace, resolution: int, width_mult: float, n_classes: int) -> None:
+    """--resolution/--width/--classes shape the ProxylessNAS space only; refuse them for another space."""
+    if space.name != DEFAULT_SPACE and (resolution, float(width_mult), n_classes) != (224, 1.0, 1000):
+        raise SpaceError(f"--space {space.name} has a fixed skeleton ({NB201_RESOLUTION}x{NB201_RESOLUTION}, "
+                         f"{NB201_CLASSES} classes); --resolution/--width/--classes apply to {DEFAULT_SPACE} only")
+
+
 def space_of(arch: dict[str, Any]) -> str:
     """The space an architecture dict belongs to."""
     return str(arch.get("space") or DEFAULT_SPACE)
@@ -139,4 +146,4 @@ def build_arch(arch: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
 
 
 __all__ = ["DEFAULT_SPACE", "NB201", "NB201_OPS", "SPACES", "SearchSpace", "SpaceError", "arch_key", "build_arch",
-           "describe_arch", "get_space", "nb201_arch", "space_of"]
+           "check_skeleton_args", "describe_arch", "get_space", "nb201_arch", "space_of"]

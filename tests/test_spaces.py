@@ -113,7 +113,8 @@ def test_cli_spaces_ops_and_errors(cli):
     for argv, message in ((["ops", "--space", "fbnet"], "unknown search space 'fbnet'"),
                           (["measure", "--space", "nasbench201"], "name what to measure with --archs N"),
                           (["measure", "--space", "nasbench201", "--space-arch", "99999"], "out of range"),
-                          (["measure", "--space", "nasbench201", "--archs", "2", "--op", "x"], "whole networks")):
+                          (["measure", "--space", "nasbench201", "--archs", "2", "--op", "x"], "whole networks"),
+                          (["ops", "--space", "nasbench201", "-r", "64"], "has a fixed skeleton (32x32, 10 classes)")):
         code, _, err = cli(*argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
 

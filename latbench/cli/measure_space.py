@@ -12,13 +12,14 @@ from latbench.campaign import Campaign, Job
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.rounds import Plan
-from latbench.spaces import get_space
+from latbench.spaces import check_skeleton_args, get_space
 from latbench.tables import ok_rows
 
 
 def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
     """Measure ``--archs N`` seeded random whole networks (and ``--arch SPEC`` ones) of ``--space``."""
     space = get_space(args.space)
+    check_skeleton_args(space, args.resolution, args.width_mult, args.n_classes)
     if args.artifacts or args.op or args.sample:
         raise LatbenchError(f"--space {space.name} measures whole networks: use --archs N [--seed S] "
                             "(--op, --sample and --artifacts are for the ProxylessNAS space)")

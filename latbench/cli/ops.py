@@ -6,7 +6,7 @@ import json
 
 from latbench.features import op_features
 from latbench.space import Space
-from latbench.spaces import DEFAULT_SPACE, get_space
+from latbench.spaces import DEFAULT_SPACE, check_skeleton_args, get_space
 
 
 def add_space_name_arg(p: argparse.ArgumentParser) -> None:
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = get_space(args.space)
+    check_skeleton_args(spec, args.resolution, args.width_mult, args.n_classes)
     if spec.name != DEFAULT_SPACE:  # other spaces have a fixed skeleton: --resolution/--width do not apply
         items = spec.ops()
         if args.json:
