@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from latbench.campaign import Campaign, Job
 from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.rounds import Plan
-from latbench.spaces import check_skeleton_args, get_space
+from latbench.space import Space
+from latbench.spaces import DEFAULT_SPACE, check_skeleton_args, get_space
 from latbench.tables import ok_rows
 
 
@@ -24,7 +26,11 @@ def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
         raise LatbenchError(f"--space {space.name} measures whole networks: use --archs N [--seed S] "
                             "(--op, --sample and --artifacts are for the ProxylessNAS space)")
     archs = [space.resolve(s) for s in (getattr(args, "space_arch", None) or [])]
-    if args.archs:
+    if args.archs and space.name == DEFAULT_SPACE:  # the ProxylessNAS space at --resolution/--width/--classes
+        rng = random.Random(args.seed)
+        ours = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
+        archs += [ours.sample(rng).to_dict() for _ in range(args.archs)]
+    elif args.archs:
         archs += space.sample(args.archs, args.seed)
     if not archs:
         raise LatbenchError(f"--space {space.name}: name what to measure with --archs N (seeded random networks, "
