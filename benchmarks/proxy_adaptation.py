@@ -38,6 +38,9 @@ PAIRS = [("pixel3", "raspi4"), ("gold_6226", "raspi4"), ("titan_rtx_1", "samsung
 KS = (5, 10, 20, 50)
 #: HELP's meta-test devices (HayeonLee/HELP script/run_nas_metad2a.sh), where HELP reports 0.932 at 10 samples.
 HELP_TEST = ("titan_rtx_256", "gold_6226", "fpga", "pixel2", "raspi4", "eyeriss")
+#: HELP's meta-training devices (same script): the only sources of its protocol.
+HELP_TRAIN = ("1080ti_1", "1080ti_32", "1080ti_256", "silver_4114", "silver_4210r", "samsung_a50", "pixel3",
+              "essential_ph_1", "samsung_s7")
 
 
 def hardware(device: str) -> str:
@@ -46,14 +49,16 @@ def hardware(device: str) -> str:
 
 
 def selection_study(mat: pd.DataFrame, repeats: int, selection: str, fixed: str, strict: bool,
-                    residual: str = "none") -> pd.DataFrame:
-    """Section 4: automatic selection vs a fixed proxy, every target, the same draws."""
+                    residual: str = "none", help_protocol: bool = False) -> pd.DataFrame:
+    """Section 4: automatic selection vs a fixed proxy, every target, the same draws. ``help_protocol``:
+    only HELP's six test devices as targets and its nine meta-training devices as sources."""
     from latbench.adapt import features_for
 
     feats = features_for(list(mat.index), "nb201") if residual != "none" else None
     rows = []
-    for target in mat.columns:
-        sources = [c for c in mat.columns if c != target and not (strict and hardware(c) == hardware(target))]
+    for target in (HELP_TEST if help_protocol else mat.columns):
+        sources = [c for c in (HELP_TRAIN if help_protocol else mat.columns)
+                   if c != target and not (strict and hardware(c) == hardware(target))]
         rows.append(selection_curve(mat, target, KS, repeats=repeats, seed=0, selection=selection,
                                     sources=sources, fixed_proxy=fixed, residual=residual, features=feats))
     return pd.concat(rows, ignore_index=True)
@@ -188,11 +193,14 @@ def selection_sections(mat: pd.DataFrame, args: argparse.Namespace) -> dict:
     print(f"\n4. automatic proxy selection ({args.selection}) from the k target samples alone, "
           f"{args.repeats} draws per k; fixed proxy {args.fixed} on the same draws; residual {args.residual}")
     out = {}
-    for strict, title in ((False, "sources: all other devices"),
-                          (True, "sources: all devices of other hardware (no same GPU at another batch size)")):
+    for name, strict, proto, title in (
+            ("all", False, False, "sources: all other devices"),
+            ("strict", True, False, "sources: all devices of other hardware (no same GPU at another batch size)"),
+            ("help_protocol", False, True, "HELP's protocol: sources = its 9 meta-training devices, targets = its "
+                                           "6 test devices")):
         t = time.time()
-        curve = selection_study(mat, args.repeats, args.selection, args.fixed, strict, args.residual)
-        out["strict" if strict else "all"] = print_selection(curve, f"{title} ({time.time() - t:.0f} s)")
+        curve = selection_study(mat, args.repeats, args.selection, args.fixed, strict, args.residual, proto)
+        out[name] = print_selection(curve, f"{title} ({time.time() - t:.0f} s)")
     return out
 
 
