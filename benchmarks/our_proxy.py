@@ -98,10 +98,15 @@ def main() -> int:
         return 1
     help_mat = load_published_help()
     # what `latbench monotonicity OUT/<target> HELP.csv.gz` reads: our long tables joined on arch_str
-    both = load_matrix([args.out / args.target, help_nb201_csv()])
-    ours_cols = [c for c in both.columns if c.split("/")[0] == args.target and c not in help_mat.columns]
-    mat = both.loc[both.index.isin(want)].dropna(subset=ours_cols)
-    ours = mat[ours_cols]
+    # what `latbench monotonicity OUT/<target>/archs-<b>.parquet HELP.csv.gz` reads: joined on arch_str
+    cols = {}
+    for b in info:
+        one = load_matrix([args.out / args.target / f"archs-{b}.parquet", help_nb201_csv()], kind="archs")
+        mine = [c for c in one.columns if c not in help_mat.columns]
+        cols[f"{args.target}/{b}"] = one[mine[0]]
+    ours = pd.DataFrame(cols)
+    ours = ours.loc[ours.index.isin(want)].dropna()
+    mat = ours.join(help_mat, how="inner")
     print(f"\n2. rank correlation with the {help_mat.shape[1]} HELP devices over our {len(mat)} measured networks "
           f"(bootstrap {args.bootstrap}, 95 % CI; HELP table {help_nb201_csv()})")
     out: dict = {"n": int(len(mat)), "info": info, "correlation": {}, "adaptation": {}}
