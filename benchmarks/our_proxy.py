@@ -76,6 +76,9 @@ def main() -> int:
     ap.add_argument("--no-measure", dest="measure", action="store_false", help="analyse the tables as they are")
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the CIs (default 200)")
     ap.add_argument("--repeats", type=int, default=5, help="draws of the k samples per k (default 5)")
+    ap.add_argument("--value", default="median_ms", choices=("median_ms", "raw_median_ms", "min_ms"),
+                    help="our latency column (default median_ms, normalised by the reference op; raw_median_ms "
+                         "when the machine was so loaded that the reference itself drifted)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -101,12 +104,18 @@ def main() -> int:
     # what `latbench monotonicity OUT/<target>/archs-<b>.parquet HELP.csv.gz` reads: joined on arch_str
     cols = {}
     for b in info:
-        one = load_matrix([args.out / args.target / f"archs-{b}.parquet", help_nb201_csv()], kind="archs")
+        table = args.out / args.target / f"archs-{b}.parquet"
+        if args.value != "median_ms":
+            raw = pd.read_parquet(table)
+            cols[f"{args.target}/{b}"] = raw[raw["status"] == "ok"].set_index("arch_str")[args.value]
+            continue
+        one = load_matrix([table, help_nb201_csv()], kind="archs")
         mine = [c for c in one.columns if c not in help_mat.columns]
         cols[f"{args.target}/{b}"] = one[mine[0]]
     ours = pd.DataFrame(cols)
     ours = ours.loc[ours.index.isin(want)].dropna()
     mat = ours.join(help_mat, how="inner")
+    print(f"\n   our latency column: {args.value}")
     print(f"\n2. rank correlation with the {help_mat.shape[1]} HELP devices over our {len(mat)} measured networks "
           f"(bootstrap {args.bootstrap}, 95 % CI; HELP table {help_nb201_csv()})")
     out: dict = {"n": int(len(mat)), "info": info, "correlation": {}, "adaptation": {}}
