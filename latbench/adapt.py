@@ -451,3 +451,203 @@ def data_from_wide(matrix: pd.DataFrame, proxy: str, target: str,
     else:
         log.info("ids are not NAS-Bench-201 cells: no features, so no residual model or from-scratch baseline")
     return data
+
+
+# --------------------------------------------------------------------------------------------
+# automatic proxy selection: many source devices, k target samples
+# --------------------------------------------------------------------------------------------
+SELECTIONS = ("soft", "best", "top3")
+#: Default temperature of the ``soft`` selection (weights ``exp(-(mse/mse_min - 1)/T)``).
+TEMPERATURE = 0.5
+
+
+@dataclass
+class SourceMix:
+    """A proxy made of several source devices, chosen from k target samples alone.
+
+    The k samples are a HELP-like *hardware embedding* of the target: its latencies on k
+    architectures. Every source device gets a linear map of log-latency onto the target's (fitted on
+    the k samples) and a score, the leave-one-out squared error of that map (closed form from the
+    hat matrix): how well the source's ranking *and* spacing predict the target at entries it did
+    not see. ``best`` keeps the lowest-error source, ``top3`` averages the three best, ``soft``
+    weights every source by ``exp(-(mse/mse_min - 1)/T)``. The mix predicts the target's
+    log-latency as the weighted mean of the mapped sources (weights renormalised over the sources
+    an entry has), so it is itself a proxy that :class:`ProxyAdapter` maps and corrects.
+    """
+
+    sources: list[str]
+    weights: np.ndarray
+    slopes: np.ndarray
+    intercepts: np.ndarray
+    loo_mse: np.ndarray
+    selection: str = "soft"
+    temperature: float = TEMPERATURE
+
+    def predict(self, source_ms: np.ndarray) -> np.ndarray:
+        """Target latency (ms) of entries from their source latencies (n × len(sources), columns in
+        :attr:`sources` order); entries with no valid latency on any weighted source are NaN."""
+        s = np.asarray(source_ms, dtype=float)
+        if s.ndim != 2 or s.shape[1] != len(self.sources):
+            raise AdaptError(f"expected latencies of {len(self.sources)} sources per entry, got shape {s.shape}")
+        ok = np.isfinite(s) & (s > 0)
+        logs = np.log(np.where(ok, s, 1.0))
+        mapped = logs * self.slopes + self.intercepts
+        w = np.where(ok, self.weights, 0.0)
+        tot = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = (w * mapped).sum(axis=1) / tot
+        return np.where(tot > 0, np.exp(y), np.nan)
+
+    def ranked(self, top: int | None = None) -> list[tuple[str, float, float]]:
+        """(source, weight, leave-one-out MSE) by decreasing weight."""
+        order = np.argsort(-self.weights, kind="stable")
+        rows = [(self.sources[i], float(self.weights[i]), float(self.loo_mse[i])) for i in order
+                if self.weights[i] > 0]
+        return rows[:top] if top else rows
+
+    def describe(self, top: int = 3) -> str:
+        """``a 0.62, b 0.30, c 0.05 (+4 more)``."""
+        rows = self.ranked()
+        text = ", ".join(f"{s} {w:.2f}" for s, w, _ in rows[:top])
+        return text + (f" (+{len(rows) - top} more)" if len(rows) > top else "")
+
+    def get_state(self) -> dict[str, Any]:
+        """Plain data (for the adapter file's meta)."""
+        return {"sources": list(self.sources), "weights": [float(v) for v in self.weights],
+                "slopes": [float(v) for v in self.slopes], "intercepts": [float(v) for v in self.intercepts],
+                "loo_mse": [float(v) if np.isfinite(v) else None for v in self.loo_mse],
+                "selection": self.selection, "temperature": float(self.temperature)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SourceMix:
+        try:
+            return cls(list(state["sources"]), np.asarray(state["weights"], dtype=float),
+                       np.asarray(state["slopes"], dtype=float), np.asarray(state["intercepts"], dtype=float),
+                       np.asarray([np.inf if v is None else v for v in state["loo_mse"]], dtype=float),
+                       str(state["selection"]), float(state["temperature"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdaptError(f"source mix state is incomplete or malformed ({e.__class__.__name__}: {e})") from None
+
+
+def select_sources(source_ms: np.ndarray, target_ms: np.ndarray, names: Sequence[str],
+                   selection: str = "soft", temperature: float = TEMPERATURE) -> SourceMix:
+    """Choose and weight source devices from k target samples (see :class:`SourceMix`).
+
+    ``source_ms`` is k × S (the sources' latencies of the k sampled entries), ``target_ms`` the k
+    measured target latencies. Only the k samples are used: no other target information. A source
+    with a missing/invalid latency at any sample, no spread, or a non-positive slope (it ranks the
+    samples backwards) is not eligible.
+    """
+    if selection not in SELECTIONS:
+        raise AdaptError(f"unknown proxy selection {selection!r}; use one of {', '.join(SELECTIONS)}")
+    if not temperature > 0:
+        raise AdaptError(f"the selection temperature must be > 0, got {temperature}")
+    s = np.asarray(source_ms, dtype=float)
+    t = np.asarray(target_ms, dtype=float)
+    if s.ndim != 2 or t.ndim != 1 or s.shape[0] != t.shape[0] or s.shape[1] != len(names):
+        raise AdaptError(f"need k × {len(names)} source latencies and k target latencies, got {s.shape} and {t.shape}")
+    k = len(t)
+    if k < 3:
+        raise AdaptError(f"choosing a proxy needs at least 3 target samples (a leave-one-out fit), got {k}")
+    if not np.all(np.isfinite(t) & (t > 0)):
+        raise AdaptError("target samples must be finite positive latencies (drop -1/NaN entries first)")
+    ok = np.all(np.isfinite(s) & (s > 0), axis=0)
+    x = np.log(np.where(np.isfinite(s) & (s > 0), s, 1.0))
+    y = np.log(t)
+    xm, ym = x.mean(axis=0), y.mean()
+    dx = x - xm
+    sxx = (dx * dx).sum(axis=0)
+    good = ok & (sxx > 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(good, (dx * (y - ym)[:, None]).sum(axis=0) / np.where(good, sxx, 1.0), 0.0)
+        good &= a > 0
+        b = ym - a * xm
+        resid = y[:, None] - (a * x + b)
+        h = 1.0 / k + dx * dx / np.where(good, sxx, 1.0)
+        loo = np.where(good, np.mean((resid / np.maximum(1.0 - h, 1e-9)) ** 2, axis=0), np.inf)
+    if not good.any():
+        raise AdaptError(f"no source device ranks the {k} target samples usefully (all missing, constant or "
+                         "anti-correlated); use a fixed proxy")
+    w = np.zeros(len(names))
+    order = np.argsort(loo, kind="stable")
+    if selection == "best":
+        w[order[0]] = 1.0
+    elif selection == "top3":
+        top = [i for i in order[:3] if good[i]]
+        w[top] = 1.0 / len(top)
+    else:
+        floor = max(float(loo[order[0]]), 1e-12)
+        w = np.where(good, np.exp(-(loo / floor - 1.0) / temperature), 0.0)
+        w[w < 1e-4 * w.max()] = 0.0
+        w /= w.sum()
+    return SourceMix(list(map(str, names)), w, np.where(good, a, 0.0), np.where(good, b, 0.0), loo,
+                     selection, float(temperature))
+
+
+def selection_curve(matrix: pd.DataFrame, target: str, ks: Iterable[int] = DEFAULT_KS, repeats: int = 5,
+                    seed: int = 0, selection: str = "soft", temperature: float = TEMPERATURE,
+                    sources: Sequence[str] | None = None, fixed_proxy: str | None = None,
+                    residual: str = "none", mapping: str = "linear",
+                    features: np.ndarray | None = None) -> pd.DataFrame:
+    """Held-out scores of automatic proxy selection for one target of a latency matrix.
+
+    Per k and repeat, k entries with a valid target latency are drawn; the sources are chosen and
+    weighted from those k alone (:func:`select_sources`), the mix is mapped (and, with ``residual``,
+    corrected) by :class:`ProxyAdapter` fitted on the same k, and every other valid target entry is
+    scored. With ``fixed_proxy`` the same draws also score that one proxy + map, side by side.
+    One row per (k, repeat, method), plus the chosen sources.
+    """
+    if target not in matrix.columns:
+        raise AdaptError(f"target device column {target!r} missing; columns are: {', '.join(map(str, matrix.columns))}")
+    names = [c for c in (sources if sources is not None else matrix.columns) if c != target]
+    missing = [c for c in names if c not in matrix.columns]
+    if missing:
+        raise AdaptError(f"source device column {missing[0]!r} missing; columns are: "
+                         f"{', '.join(map(str, matrix.columns))}")
+    if not names:
+        raise AdaptError(f"no source devices besides the target {target!r}")
+    if fixed_proxy is not None and fixed_proxy not in matrix.columns:
+        raise AdaptError(f"fixed proxy column {fixed_proxy!r} missing")
+    t_all = matrix[target].to_numpy(dtype=float)
+    valid = np.flatnonzero(np.isfinite(t_all) & (t_all > 0))
+    S = matrix[names].to_numpy(dtype=float)
+    P = matrix[fixed_proxy].to_numpy(dtype=float) if fixed_proxy and fixed_proxy != target else None
+    feats = None if features is None else np.asarray(features, dtype=float)
+    rows: list[dict[str, Any]] = []
+    for k in ks:
+        if k < 3:
+            raise AdaptError(f"k must be at least 3 for proxy selection, got {k}")
+        if len(valid) - k < 3:
+            log.warning("k=%d leaves %d entries to evaluate on; skipped", k, len(valid) - k)
+            continue
+        for r in range(repeats):
+            rng = np.random.default_rng([seed, k, r])
+            idx = valid[rng.permutation(len(valid))]
+            tr, te = idx[:k], idx[k:]
+            mix = select_sources(S[tr], t_all[tr], names, selection, temperature)
+            p_tr, p_te = mix.predict(S[tr]), mix.predict(S[te])
+            keep = np.isfinite(p_te)
+            te, p_te = te[keep], p_te[keep]
+            t_te = t_all[te]
+            preds: dict[str, np.ndarray] = {}
+            base = ProxyAdapter(mapping, "none", seed=seed).fit(p_tr, t_all[tr])
+            preds[f"auto ({selection}) + {mapping} map"] = base.predict_mapped(p_te)
+            if residual != "none" and feats is not None:
+                ad = ProxyAdapter(mapping, residual, seed=seed).fit(p_tr, t_all[tr], feats[tr])
+                preds[f"auto ({selection}) + {mapping} map + {residual} residual"] = ad.predict(p_te, feats[te])
+            if P is not None:
+                ptr, pte = P[tr], P[te]
+                ok = np.isfinite(pte) & (pte > 0)
+                if np.all(np.isfinite(ptr) & (ptr > 0)) and ok.sum() >= 3:
+                    fx = ProxyAdapter(mapping, "none", seed=seed).fit(ptr, t_all[tr])
+                    pred = np.full(len(te), np.nan)
+                    pred[ok] = fx.predict_mapped(pte[ok])
+                    preds[f"fixed {fixed_proxy} + {mapping} map"] = pred
+            chosen = mix.describe()
+            for method, pred in preds.items():
+                m = np.isfinite(pred)
+                rows.append({"target": target, "k": k, "repeat": r, "method": method,
+                             "spearman": spearman(pred[m], t_te[m]), "acc10": accuracy_within(pred[m], t_te[m], 0.10),
+                             "mape": float(np.mean(np.abs(pred[m] - t_te[m]) / t_te[m])), "n_eval": int(m.sum()),
+                             "chosen": chosen})
+    return pd.DataFrame(rows)

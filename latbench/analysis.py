@@ -196,6 +196,30 @@ def wide_to_matrix(df: pd.DataFrame, id_column: str | None = None,
     return mat
 
 
+#: Id columns that name a NAS-Bench-201 architecture (our arch rows carry both, published tables one or both).
+NB201_IDS: tuple[str, ...] = ("arch_str", "arch_index")
+
+
+def table_space(df: pd.DataFrame, source: str = "table") -> str | None:
+    """The search space a table's entries belong to: ``nasbench201`` (cell strings), ``proxylessnas``
+    (our op keys / arch JSON), or ``None`` when it cannot tell (a wide table of other ids)."""
+    from latbench.nasbench201 import detect_feature_kind
+
+    if "space" in df.columns:
+        spaces = sorted(set(df["space"].dropna().astype(str)))
+        if len(spaces) > 1:
+            raise AnalysisError(f"{source} mixes architectures of spaces {', '.join(spaces)}; give one table per "
+                                "space (their latencies cannot be ranked together)")
+        if spaces:
+            return spaces[0]
+    if "arch_str" in df.columns:
+        return "nasbench201" if detect_feature_kind(df["arch_str"].astype(str).tolist()) else None
+    if is_long(df):
+        ids = df["key"].astype(str).tolist()
+        return "nasbench201" if detect_feature_kind(ids) else "proxylessnas"
+    return None
+
+
 def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
                 devices: Sequence[str] | None = None, kind: str | None = None) -> pd.DataFrame:
     """Load one or more tables (long or wide, any format) and join them on the entry id.
@@ -203,19 +227,45 @@ def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
     A device name that appears in two files gets ``@<file stem>`` appended the second time.
     ``devices`` restricts (and orders) the columns; a name not found raises one clear error.
     ``kind`` (``ops``/``archs``) selects one kind of row of our long tables.
+
+    Our NAS-Bench-201 architecture tables (rows with ``arch_str``/``arch_index``) join published
+    wide tables on the architecture: on ``id_column`` when it is one of those two, else on the cell
+    string (a wide table without ``arch_str`` but with ``arch_index`` joins on the index). Tables of
+    two different search spaces are refused with one line.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise AnalysisError("no tables given")
-    mats = []
+    frames = []
     for p in paths:
         df = read_any(p)
         if df.empty:
             raise AnalysisError(f"table {p} is empty")
+        frames.append((p, df))
+    spaces = {str(p): table_space(df, str(p)) for p, df in frames}
+    known = {sp for sp in spaces.values() if sp}
+    if len(known) > 1:
+        raise AnalysisError("tables of different search spaces cannot be compared: " + "; ".join(
+            f"{p} is {sp}" for p, sp in spaces.items() if sp))
+    ours_nb201 = [df for _, df in frames if is_long(df) and all(c in df.columns for c in NB201_IDS)]
+    join_on = None
+    if ours_nb201:
+        join_on = id_column if id_column in NB201_IDS else "arch_str"
+    mats = []
+    for p, df in frames:
         if is_long(df):
+            if join_on and join_on in df.columns:
+                df = df.assign(key=df[join_on].astype("Int64" if join_on == "arch_index" else str).astype(str))
             mat = long_to_matrix(df, kind=kind, source=str(p))
         else:
-            mat = wide_to_matrix(df, id_column, None, str(p))
+            idc = id_column
+            if join_on and id_column is None:
+                idc = join_on if join_on in df.columns else next((c for c in NB201_IDS if c in df.columns), None)
+                if idc == "arch_index" and join_on == "arch_str":
+                    mat = _reindex_by_string(wide_to_matrix(df, "arch_index", None, str(p)), str(p))
+                    mats.append((p, mat))
+                    continue
+            mat = wide_to_matrix(df, idc, None, str(p))
         mats.append((p, mat))
     out: pd.DataFrame | None = None
     for p, mat in mats:
@@ -232,6 +282,18 @@ def load_matrix(paths: Iterable[str | Path], id_column: str | None = None,
             raise AnalysisError(f"device column {missing[0]!r} missing; the tables have: {', '.join(out.columns)}")
         out = out[list(devices)]
     return out
+
+
+def _reindex_by_string(mat: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A matrix indexed by official NAS-Bench-201 index → indexed by the cell string."""
+    from latbench.errors import AdaptError
+    from latbench.nasbench201 import nb201_resolve
+
+    try:
+        mat.index = pd.Index([nb201_resolve(int(float(i)))[1] for i in mat.index], name="id")
+    except (AdaptError, ValueError) as e:
+        raise AnalysisError(f"{source}: arch_index column is not NAS-Bench-201 indices ({e})") from None
+    return mat
 
 
 def load_published_help(path: str | Path | None = None, devices: Sequence[str] | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from latbench.features import op_features
 from latbench.netconfig import Net
 from latbench.ops import OpSpec
 from latbench.space import Arch
+from latbench.spaces import DEFAULT_SPACE, arch_key, build_arch, describe_arch, space_of
 from latbench.board.timing import RTOL
 
 __all__ = ["Job", "RTOL", "What", "REFERENCE_KEY"]
@@ -36,16 +37,21 @@ class Job:
         return Job(op.key, "ops")
 
     @staticmethod
-    def network(net: Arch | Net) -> Job:
-        """A whole network: an arch of the space, or a net config at a resolution (its ``arch`` field then
-        holds ``{"resolution": R, "net_config": {...}}``)."""
+    def network(net: Arch | Net | dict) -> Job:
+        """A whole network: an :class:`Arch` of our space, a net config at a resolution (its ``arch``
+        field then holds ``{"resolution": R, "net_config": {...}}``), or an architecture dict of any
+        registered space (:mod:`latbench.spaces`, e.g. ``{"space": "nasbench201", "arch_str": …}``)."""
+        if isinstance(net, dict):
+            return Job(arch_key(net), "archs", dict(net))
         return Job(net.key, "archs", net.to_dict())
 
     @property
-    def net(self) -> Arch | Net:
-        """The network of an ``archs`` job."""
+    def net(self) -> Arch | Net | dict:
+        """The network of an ``archs`` job (a dict for another space than ProxylessNAS')."""
         d = self.arch or {}
-        return Net.from_dict(d, self.key) if "net_config" in d else Arch.from_dict(d)
+        if "net_config" in d:
+            return Net.from_dict(d, self.key)
+        return Arch.from_dict(d) if space_of(d) == DEFAULT_SPACE else dict(d)
 
     def describe(self) -> dict[str, Any]:
         """The row fields that identify this job (shape fields and features, or the arch)."""
@@ -57,6 +63,8 @@ class Job:
             row.update(op_features(op))  # shape fields repeat with the same values
             return row
         net = self.net
+        if isinstance(net, dict):
+            return describe_arch(net)
         if isinstance(net, Net):  # a network outside the space: no arch, its net config instead
             return {"kind": "arch", "net_config": net.config.to_json(), "resolution": net.resolution,
                     "n_classes": net.config.n_classes}
@@ -71,6 +79,9 @@ class Job:
             op = OpSpec.parse(self.key)
             return build_op_module(op), example_input(op.input_shape, self.key)
         net = self.net
+        if isinstance(net, dict):
+            module, shape = build_arch(net)
+            return module, example_input(shape, self.key)
         if isinstance(net, Net):
             return build_net(net), example_input(net.input_shape, self.key)
         return build_network(net), example_input((1, 3, net.resolution, net.resolution), self.key)

@@ -34,8 +34,11 @@ def to_png(fig: plt.Figure, path: str | Path | None = None) -> bytes:
 
 
 def correlation_heatmap(corr: pd.DataFrame, title: str = "Spearman rank correlation",
-                        path: str | Path | None = None, vmin: float | None = None) -> bytes:
-    """A device × device correlation matrix as an annotated heatmap (NaN cells left blank)."""
+                        path: str | Path | None = None, vmin: float | None = None,
+                        marked: Sequence[str] = ()) -> bytes:
+    """A device × device correlation matrix as an annotated heatmap (NaN cells left blank).
+    Devices in ``marked`` (e.g. ours among published ones) get red bold labels and a frame around
+    their rows and columns."""
     d = len(corr)
     size = max(4.0, min(0.45 * d + 2.5, 16.0))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
@@ -52,6 +55,14 @@ def correlation_heatmap(corr: pd.DataFrame, title: str = "Spearman rank correlat
                 if np.isfinite(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fs,
                             color="black" if v > lo + 0.6 * (1 - lo) else "white")
+    names = [str(c) for c in corr.columns]
+    for i, name in enumerate(names):
+        if name in marked:
+            for lab in (ax.get_xticklabels()[i], ax.get_yticklabels()[i]):
+                lab.set_color("crimson")
+                lab.set_fontweight("bold")
+            for rect in ((i - 0.5, -0.5, 1, d), (-0.5, i - 0.5, d, 1)):
+                ax.add_patch(plt.Rectangle(rect[:2], rect[2], rect[3], fill=False, edgecolor="crimson", lw=1.5))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title)
     return to_png(fig, path)

@@ -9,6 +9,8 @@ predictor evaluations ``*-eval.csv`` with ``measured_ms``/``predicted_ms``) and 
 * predicted-vs-measured scatter plots with the ±10 % band;
 * cross-device rank-correlation heatmaps (our op and architecture tables);
 * search trajectories (every numeric column per epoch);
+* our NAS-Bench-201 tables among the published devices: the heatmap with ours marked, ρ of each of
+  ours against every published device, the adaptation curve from ours;
 * the published HELP NAS-Bench-201 latencies (from :func:`latbench.paths.help_nb201_csv`):
   device correlation matrix, latency spread, a device pair, and a proxy-adaptation curve.
 
@@ -258,9 +260,14 @@ def _our_matrix(tables: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame | None:
     return long_to_matrix(pd.concat(frames, ignore_index=True))
 
 
+def _is_nb201(df: pd.DataFrame) -> bool:
+    return "arch_str" in df.columns and bool(df["arch_str"].notna().any())
+
+
 def section_our_correlation(found: Found, bootstrap: int) -> str:
     parts = []
-    for label, tables in (("op", found.op_tables), ("architecture", found.arch_tables)):
+    archs = [(p, df) for p, df in found.arch_tables if not _is_nb201(df)]  # NAS-Bench-201: next section
+    for label, tables in (("op", found.op_tables), ("architecture", archs)):
         mat = _our_matrix(tables)
         if mat is None or mat.shape[1] < 2:
             parts.append(_note(f"Cross-device correlation of {label} latencies needs {label} tables of two or more "
@@ -359,6 +366,60 @@ def section_help(path: Path | None, bootstrap: int, adapt: bool) -> str:
     return "".join(parts)
 
 
+#: Targets of the report's adaptation curve from our device: three of HELP's meta-test devices, a GPU, a
+#: server CPU and a board (a curve costs ~2 s per target on 2 cores; `benchmarks/our_proxy.py` does all).
+OUR_CURVE_TARGETS = ("raspi4", "gold_6226", "titan_rtx_256")
+
+
+def section_ours_vs_published(found: Found, path: Path | None, bootstrap: int, adapt: bool) -> str:
+    """Our NAS-Bench-201 measurements among the published devices: the correlation heatmap with our
+    devices marked, each of ours against every published device, and the adaptation curve."""
+    frames = [df for _, df in found.arch_tables if _is_nb201(df) and {"device", "median_ms"} <= set(df.columns)]
+    if not frames:
+        return _note("No NAS-Bench-201 tables of our devices (run `latbench measure --space nasbench201 --archs 300` "
+                     "and give its --out as --data).")
+    p = Path(path) if path else help_nb201_csv()
+    if not p.exists():
+        return _note(f"Published HELP table not found at {p} (set {SHARED_ENV} to the shared directory).")
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["arch_str"].notna()]
+    ours = long_to_matrix(df.assign(key=df["arch_str"].astype(str)), kind="archs", source="our NAS-Bench-201 tables")
+    published = load_published_help(p)
+    ours = ours.rename(columns={c: f"{c} (ours)" for c in ours.columns if c in published.columns})
+    mat = ours.join(published, how="inner")
+    mat = mat.dropna(subset=list(ours.columns), how="all")
+    if len(mat) < 5:
+        return _note(f"Only {len(mat)} of our NAS-Bench-201 networks are in the published table; measure more.")
+    res = rank_correlations(mat, bootstrap=0)
+    mine = list(ours.columns)
+    title = f"Our devices (red) among the HELP devices: Spearman ρ over our {len(mat)} measured networks"
+    parts = [_img(correlation_heatmap(res.spearman, title, marked=mine), title)]
+    rows = []
+    for col in mine:
+        for dev in published.columns:
+            pair = rank_correlations(mat[[col, dev]], bootstrap=min(bootstrap, 50), kendall_bootstrap=False)
+            rows.append({"ours": col, "published device": dev, "ρ": pair.spearman.iloc[0, 1],
+                         "ρ 95% CI": f"[{pair.spearman_ci[0].iloc[0, 1]:.3f}, {pair.spearman_ci[1].iloc[0, 1]:.3f}]"
+                         if bootstrap else "", "τ": pair.kendall.iloc[0, 1], "n": int(pair.n.iloc[0, 1])})
+    tab = pd.DataFrame(rows).sort_values(["ours", "ρ"], ascending=[True, False])
+    parts.append(_table_html(tab, "{:.3f}"))
+    if adapt:
+        proxy = next((c for c in mine if c.endswith("/tvm")), mine[0])
+        curves = []
+        for target in [t for t in OUR_CURVE_TARGETS if t in published.columns]:
+            data = data_from_wide(mat, proxy, target)
+            ks = [k for k in (5, 10, 20, 50) if k <= len(data) - 3]
+            if ks:
+                curves.append(adaptation_curve(data, ks, repeats=2))
+        if curves:
+            summary = summarize(pd.concat(curves, ignore_index=True))
+            t = (f"Adapting our {proxy} to {', '.join(OUR_CURVE_TARGETS)}: mean Spearman on our other "
+                 "networks vs k")
+            parts.append(_img(curve_png(summary, t), t))
+            parts.append(_table_html(curve_table(summary)))
+    return "".join(parts)
+
+
 def curve_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Adaptation summary as one row per method, one column per k ("ρ 0.912 · ±10 % 41 %")."""
     cells = summary.assign(cell=[f"ρ {r:.3f} · ±10 % {a:.0%}" for r, a in zip(summary["spearman"], summary["acc10"])])
@@ -405,6 +466,9 @@ def render(found: Found, help_path: Path | None = None, include_help: bool = Tru
         ("search", "Search trajectories", _safe(lambda: section_search(found), "search logs")),
     ]
     if include_help:
+        sections.append(("ours", "Our devices vs published devices (NAS-Bench-201)",
+                         _safe(lambda: section_ours_vs_published(found, help_path, bootstrap, adapt),
+                               "our devices vs published")))
         sections.append(("help", "Published data: HELP NAS-Bench-201 latencies across devices",
                          _safe(lambda: section_help(help_path, bootstrap, adapt), "published HELP data")))
     if found.skipped:

@@ -379,3 +379,122 @@ def test_adapt_cli_between_two_of_our_devices(capsys, tmp_path):
     assert d["feature_kind"] == "arch" and d["n_available"] == 30
     curve = {(r["k"], r["method"]): r for r in d["curve"]}
     assert curve[(10, "proxy + linear map")]["acc10"] > curve[(10, "proxy (raw)")]["acc10"]
+
+
+# -- automatic proxy selection ---------------------------------------------------------------------
+def test_select_sources_weights_the_source_that_predicts_the_samples():
+    from latbench.adapt import select_sources
+
+    rng = np.random.default_rng(0)
+    t = np.exp(rng.normal(2, 0.5, 12))
+    good = t ** 0.8 * 3 * np.exp(rng.normal(0, 0.01, 12))   # a power law of the target: ranks it right
+    noisy = t * np.exp(rng.normal(0, 0.3, 12))
+    backwards = 1 / t                                         # ranks the samples backwards: not eligible
+    hole = good.copy()
+    hole[3] = -1                                              # a 'not measured' marker: not eligible
+    S = np.column_stack([noisy, good, backwards, hole])
+    mix = select_sources(S, t, ["noisy", "good", "backwards", "hole"])
+    w = dict(zip(mix.sources, mix.weights))
+    assert w["good"] > 0.9 and w["backwards"] == 0 and w["hole"] == 0 and sum(w.values()) == pytest.approx(1)
+    assert mix.ranked()[0][0] == "good" and mix.describe().startswith("good ")
+    best = select_sources(S, t, ["noisy", "good", "backwards", "hole"], selection="best")
+    assert list(best.weights) == [0, 1, 0, 0]
+    # the mix predicts the target from the good source's map; an entry missing everywhere is NaN
+    pred = mix.predict(np.array([[5.0, 3 * 10 ** 0.8, 0.1, -1], [np.nan, np.nan, np.nan, np.nan]]))
+    assert pred[0] == pytest.approx(10, rel=0.05) and np.isnan(pred[1])
+    again = type(mix).from_state(json.loads(json.dumps(mix.get_state())))
+    np.testing.assert_allclose(again.weights, mix.weights)
+    with pytest.raises(AdaptError, match="at least 3 target samples"):
+        select_sources(S[:2], t[:2], ["noisy", "good", "backwards", "hole"])
+    with pytest.raises(AdaptError, match="no source device ranks"):
+        select_sources(S[:, 2:3], t, ["backwards"])
+
+
+def test_selection_beats_a_fixed_proxy_on_published_sample(sample):
+    """On real published latencies: raspi4's proxy chosen from 10 samples beats gold_6226, the fixed
+    proxy; the target column is never a source."""
+    from latbench.adapt import selection_curve
+
+    mat = wide_to_matrix(sample, "arch_str")
+    curve = selection_curve(mat, "raspi4", ks=(10,), repeats=4, fixed_proxy="gold_6226")
+    by = curve.groupby("method")["spearman"].mean()
+    assert by["auto (soft) + linear map"] > 0.93 > 0.8 > by["fixed gold_6226 + linear map"]
+    assert not curve["chosen"].str.contains("raspi4").any()
+    assert (curve["n_eval"] == 290).all() and set(curve["repeat"]) == {0, 1, 2, 3}
+
+
+def test_adapt_cli_auto_and_sources(capsys, tmp_path, sample):
+    code, stdout, err = run_cli(capsys, "adapt", "--proxy-column", "auto", "--target", "raspi4", "--samples",
+                                str(SAMPLE), "--k", "10", "--eval-k", "10", "--repeats", "2", "--residual", "none",
+                                "--compare-proxy", "gold_6226", "--json", "--out", str(tmp_path / "a.pkl"))
+    assert code == 0, err
+    d = json.loads(stdout)
+    assert d["proxy_kind"] == "auto" and d["chosen"][0][0] == "pixel3"
+    assert "raspi4" not in d["sources"]["sources"]
+    curve = {r["method"]: r["spearman"] for r in d["curve"]}
+    assert curve["auto (soft) + linear map"] > curve["fixed gold_6226 + linear map"]
+    assert load_adapter(tmp_path / "a.pkl")[1]["sources"]["selection"] == "soft"
+    # our measurements of one device + a published table of others, joined on the cell string
+    sample[["arch_str", "raspi4"]].rename(columns={"raspi4": "my-board"}).to_csv(tmp_path / "mine.csv", index=False)
+    sample.drop(columns=["raspi4"]).to_csv(tmp_path / "published.csv", index=False)
+    code, stdout, err = run_cli(capsys, "adapt", "--sources", str(tmp_path / "published.csv"), "--samples",
+                                str(tmp_path / "mine.csv"), "--k", "10", "--eval-k", "", "--residual", "none")
+    assert code == 0, err
+    assert "target: my-board  sources: 5 devices" in stdout and "pixel3" in stdout
+    code, _, err = run_cli(capsys, "adapt", "--proxy-column", "auto", "--samples", str(SAMPLE))
+    assert code == 2 and "name the target with --target" in err and err.count("\n") == 1
+
+
+# -- our measured NAS-Bench-201 tables against published ones ---------------------------------------
+def _our_nb201_table(sample: pd.DataFrame, n: int = 120) -> pd.DataFrame:
+    """A long table as `latbench measure --space nasbench201` writes it (latencies: raspi4's, noised)."""
+    rng = np.random.default_rng(2)
+    part = sample.iloc[:n]
+    arch = [json.dumps({"space": "nasbench201", "arch_str": a, "arch_index": int(i)})
+            for a, i in zip(part["arch_str"], part["arch_index"])]
+    return pd.DataFrame({"key": part["arch_str"], "kind": "arch", "space": "nasbench201", "arch": arch,
+                         "arch_str": part["arch_str"],
+                         "arch_index": part["arch_index"], "device": "local-cpu", "backend": "tvm", "status": "ok",
+                         "median_ms": part["raspi4"].to_numpy() * 0.2 * np.exp(rng.normal(0, 0.05, n))})
+
+
+def test_our_arch_table_joins_published_table(capsys, tmp_path, sample):
+    d = tmp_path / "runs" / "local-cpu"
+    d.mkdir(parents=True)
+    _our_nb201_table(sample).to_parquet(d / "archs-tvm.parquet", index=False)
+    mat = load_matrix([d / "archs-tvm.parquet", SAMPLE])
+    assert mat.index[0].startswith("|") and "local-cpu" in mat.columns and "raspi4" in mat.columns
+    # published table with only the official index: joined through the index ↔ string order
+    sample.drop(columns=["arch_str"]).to_csv(tmp_path / "by_index.csv", index=False)
+    by_index = load_matrix([tmp_path / "runs", tmp_path / "by_index.csv"])
+    res = rank_correlations(by_index, bootstrap=0)
+    assert res.n.loc["local-cpu", "raspi4"] == 120 and res.spearman.loc["local-cpu", "raspi4"] > 0.9
+    by_id = load_matrix([tmp_path / "runs", SAMPLE], id_column="arch_index")
+    assert str(sample["arch_index"][0]) in by_id.index and len(by_id.dropna()) == 120
+    code, out, err = run_cli(capsys, "monotonicity", str(d / "archs-tvm.parquet"), str(SAMPLE), "--bootstrap", "20",
+                             "--devices", "local-cpu,raspi4,gold_6226")
+    assert code == 0, err
+    assert "local-cpu vs raspi4: rho=" in out and "n=120" in out
+    # and the proxy for our device chosen among the published ones from 10 of its samples
+    code, out, err = run_cli(capsys, "adapt", "--sources", str(SAMPLE), "--samples", str(d / "archs-tvm.parquet"),
+                             "--k", "10", "--eval-k", "10", "--repeats", "2", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["target"] == "local-cpu" and res["feature_kind"] == "nb201" and res["chosen"][0][0] == "raspi4"
+
+
+def test_tables_of_two_spaces_are_refused(capsys, tmp_path, sample):
+    from latbench.space import Space
+
+    archs = [Space().sample(i) for i in range(5)]
+    pd.DataFrame({"key": [a.key for a in archs], "kind": "arch", "arch": [a.to_json() for a in archs],
+                  "device": "local-cpu", "backend": "tvm", "status": "ok", "median_ms": 1.0 + np.arange(5)}
+                 ).to_parquet(tmp_path / "proxyless.parquet", index=False)
+    code, _, err = run_cli(capsys, "monotonicity", str(tmp_path / "proxyless.parquet"), str(SAMPLE))
+    assert code == 2 and err.count("\n") == 1
+    assert "different search spaces" in err and "proxylessnas" in err and "nasbench201" in err
+    both = pd.concat([_our_nb201_table(sample, 5), pd.read_parquet(tmp_path / "proxyless.parquet").assign(
+        space="proxylessnas")])
+    both.to_parquet(tmp_path / "mixed.parquet", index=False)
+    code, _, err = run_cli(capsys, "monotonicity", str(tmp_path / "mixed.parquet"), str(SAMPLE))
+    assert code == 2 and "mixes architectures of spaces nasbench201, proxylessnas" in err and err.count("\n") == 1

@@ -15,7 +15,7 @@ import traceback
 from latbench.errors import LatbenchError
 
 COMMANDS: tuple[str, ...] = (
-    "ops", "measure", "compile", "devices", "backends", "table",
+    "spaces", "ops", "measure", "compile", "devices", "backends", "table",
     "fit_predictor", "predict", "evaluate",
     "monotonicity", "adapt", "report",
     "tracker", "device", "bundle",

@@ -10,7 +10,8 @@ from pathlib import Path
 from latbench.artifacts import ArtifactCache
 from latbench.backends.base import get_backend
 from latbench.campaign import Campaign, Job, network_jobs, network_rows, plan_of
-from latbench.cli.ops import add_space_args
+from latbench.cli.measure_space import run_space
+from latbench.cli.ops import add_space_args, add_space_name_arg
 from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.netconfig import Net, load_net_config
@@ -19,6 +20,7 @@ from latbench.ops import OpSpec
 from latbench.rounds import Plan
 from latbench.sampling import sample_ops
 from latbench.space import Arch, Space, random_archs
+from latbench.spaces import DEFAULT_SPACE, get_space
 from latbench.tables import ok_rows, read_table
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "OUT/<device>/archs-<backend>.parquet, their ops to the op table. Resumable: a rerun measures "
                     "only what is missing.")
     add_space_args(p)
+    add_space_name_arg(p)
     add_device_args(p)
     p.add_argument("--out", "-o", default="data", help="table directory (default: data)")
     p.add_argument("--limit", type=int, default=None, help="measure only the first N ops")
@@ -79,7 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an official ProxylessNAS net.config (any per-block widths, e.g. the released proxyless_cpu), "
                         "at --resolution; repeatable")
     g.add_argument("--archs", type=int, default=0, metavar="N",
-                   help="N seeded random architectures of the space (--resolution/--width/--classes, --seed)")
+                   help="N seeded random architectures of the space (--resolution/--width/--classes, --seed); "
+                        "with --space nasbench201 the rows carry arch_str and arch_index")
+    g.add_argument("--space-arch", action="append", default=None, metavar="SPEC",
+                   help="with --space nasbench201: also measure this network (official string or index; repeatable)")
     g.add_argument("--no-ops", dest="with_ops", action="store_false",
                    help="time only the whole networks, not their ops")
     p.add_argument("--op", action="append", default=None, metavar="KEY",
@@ -93,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = get_device(args.target)
     plan = plan_of(device, **plan_args(args))  # bad values fail before anything is built
+    if get_space(args.space).name != DEFAULT_SPACE or args.space_arch:
+        return run_space(args, device, plan)  # whole networks of another registered space
     nets = networks_of(args)
     if nets:
         if args.artifacts:
