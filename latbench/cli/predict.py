@@ -17,11 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="architecture JSON file(s) ({\"resolution\": 224, \"width_mult\": 1.0, \"ops\": [...]})")
     p.add_argument("--breakdown", action="store_true", help="also print each op's predicted latency")
     p.add_argument("--json", action="store_true", help='print {"latency_ms": ...} (a list for several archs)')
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="predict ops far outside what an xgb predictor was fitted on (resolution, width, op shapes) "
+                        "with a warning, instead of refusing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     pred = load_predictor(args.predictor)
+    if args.allow_extrapolation:
+        for p in (pred, getattr(pred, "fallback", None)):
+            if p is not None and "allow_extrapolation" in p.get_params(deep=False):
+                p.set_params(allow_extrapolation=True)
     results = []
     for path in args.arch:
         arch = Arch.load(path)
