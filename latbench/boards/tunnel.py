@@ -7,7 +7,7 @@ through the SSH connection it already manages (host keys verified as in :mod:`la
 
 - direct mode: :class:`LocalForward` — a listener on this machine's 127.0.0.1 whose connections are
   ``direct-tcpip`` channels to the board's 127.0.0.1:port (what ``ssh -L`` does); the campaign opens
-  it around its timing (:func:`tunnel`).
+  it around its timing (:func:`tunnel`), in a helper process.
 - tracker mode: :class:`ReverseForward` — the board's 127.0.0.1:R leads to the tracker on this
   machine (``ssh -R``), and the board's server registers there with the address of a
   :class:`LocalForward` to it, so clients of the loopback tracker reach it through SSH too
@@ -17,38 +17,69 @@ Every forwarded connection is a pair of threads pumping bytes; closing a forward
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from latbench.devices import Device
-from latbench.errors import DeviceError
+from latbench.errors import DeviceError, LatbenchError
 
 log = logging.getLogger(__name__)
 
 
-def _pump(a: Any, b: Any, stop: threading.Event) -> None:
-    """Copy bytes both ways between two sockets/channels until either side closes."""
+class _NoChannelErrors(logging.Filter):
+    """paramiko logs a refused forward ("Secsh channel N open FAILED") as an ERROR of its own; latbench reports
+    it once, in its own words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Secsh channel" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_NoChannelErrors())
+
+
+def _copy(src: Any, dst: Any, done: threading.Event) -> None:
+    """One direction of a forwarded connection: blocking reads from ``src`` written to ``dst`` until EOF."""
     try:
-        while not stop.is_set():
-            ready, _, _ = select.select([a, b], [], [], 0.5)
-            for src in ready:
-                data = src.recv(65536)
-                if not data:
-                    return
-                (b if src is a else a).sendall(data)
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
     except (OSError, EOFError):
         pass
     finally:
-        for s in (a, b):
+        done.set()
+        for s in (src, dst):  # the other direction's blocking recv returns
             try:
                 s.close()
             except Exception:
                 pass
+
+
+def _pump(a: Any, b: Any, stop: threading.Event) -> None:
+    """Copy bytes both ways between a socket and a channel (one thread per direction) until either side closes
+    or the forward is closed."""
+    done = threading.Event()
+    for src, dst in ((a, b), (b, a)):
+        threading.Thread(target=_copy, args=(src, dst, done), daemon=True).start()
+    while not done.wait(0.5):
+        if stop.is_set():
+            for s in (a, b):
+                try:
+                    s.close()
+                except Exception:
+                    pass
+            return
 
 
 class LocalForward:
@@ -85,7 +116,7 @@ class LocalForward:
                 chan = self.transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), peer,
                                                    timeout=self.timeout)
             except Exception as exc:  # the link dropped, or nothing listens on the board's side
-                log.warning("SSH tunnel to %s:%s: %s", self.remote_host, self.remote_port, exc)
+                log.debug("SSH tunnel to %s:%s: %s", self.remote_host, self.remote_port, exc)
                 conn.close()
                 continue
             threading.Thread(target=_pump, args=(conn, chan, self.stop), daemon=True).start()
@@ -131,33 +162,73 @@ class ReverseForward:
 
 @contextmanager
 def tunnel(device: Device) -> Iterator[Device]:
-    """The device as the runners should reach it: with ``rpc.tunnel`` in direct mode, an SSH connection to the
-    board and a :class:`LocalForward` to its loopback server, and the device's ``rpc`` pointing at that
-    forward; any other device unchanged."""
+    """The device as the runners should reach it: with ``rpc.tunnel`` in direct mode, a :class:`LocalForward` to
+    the board's loopback server and the device's ``rpc`` pointing at it; any other device unchanged.
+
+    The forward runs in a helper process (:func:`_serve`) with its own SSH connection:
+    TVM's RPC client blocks holding the GIL, so a forward in the client's own process would starve. The helper
+    dies with this process (its stdin is our pipe; ``PR_SET_PDEATHSIG`` too)."""
     rpc = device.rpc
     if not (rpc.tunnel and rpc.mode == "direct"):
         yield device
         return
-    from latbench.boards.server import open_host  # SSH (paramiko): only for tunnelled boards
-    from latbench.boards.ssh import SSHHost
-
-    host = open_host(device)
+    assert device.ssh is not None  # the Device validator makes tunnel need ssh
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from latbench.boards.tunnel import _serve; "
+                             "sys.exit(_serve())"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
-        assert isinstance(host, SSHHost)
-        transport = host.client.get_transport()
-        transport.set_keepalive(15)  # the link idles through the build phase
-        try:  # fail now, in one line, when nothing listens on the board
-            transport.open_channel("direct-tcpip", ("127.0.0.1", rpc.port), ("127.0.0.1", 0),
-                                   timeout=rpc.connect_timeout).close()
-        except Exception:
-            raise DeviceError(f"no TVM RPC server on {host.name}'s 127.0.0.1:{rpc.port} (through the SSH tunnel) "
-                              f"for device {device.name!r}; start it with `latbench device start {device.name}`"
-                              ) from None
-        fwd = LocalForward(transport, rpc.port, timeout=rpc.connect_timeout)
-        log.info("SSH tunnel 127.0.0.1:%d → %s:127.0.0.1:%d", fwd.port, host.name, rpc.port)
-        try:
-            yield device.replace(rpc=rpc.replace(host="127.0.0.1", port=fwd.port))
-        finally:
-            fwd.close()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"ssh": device.ssh.model_dump(), "name": device.name, "source": device.source,
+                                     "port": rpc.port, "timeout": rpc.connect_timeout}) + "\n")
+        proc.stdin.flush()
+        wait = device.ssh.connect_timeout * 3 + rpc.connect_timeout + 30  # the helper imports paramiko, connects
+        ready, _, _ = select.select([proc.stdout], [], [], wait)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("PORT "):
+            raise DeviceError(line[len("ERROR "):] if line.startswith("ERROR ") else
+                              f"the SSH tunnel to {device.name!r} did not come up within {wait:g} s")
+        port = int(line.split()[1])
+        log.info("SSH tunnel 127.0.0.1:%d → %s:127.0.0.1:%d (pid %d)", port, device.ssh.host, rpc.port, proc.pid)
+        yield device.replace(rpc=rpc.replace(host="127.0.0.1", port=port))
     finally:
-        host.close()
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the helper's signal to stop
+            proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(5)
+
+
+def _serve() -> int:
+    """The helper process: SSH to the board, forward a local port to its loopback server until stdin closes."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+    except (OSError, AttributeError):
+        pass
+    logging.basicConfig(level=logging.ERROR, format="latbench tunnel: %(message)s")
+    from latbench.boards.ssh import SSHHost
+    from latbench.devices import SSHConfig
+
+    req = json.loads(sys.stdin.readline())
+    name, port, timeout = req["name"], int(req["port"]), float(req["timeout"])
+    try:
+        host = SSHHost(SSHConfig(**req["ssh"]), name, req["source"])
+    except LatbenchError as exc:
+        print(f"ERROR {exc}", flush=True)
+        return 1
+    transport = host.client.get_transport()
+    transport.set_keepalive(15)  # the link idles through the build phase
+    try:  # fail now, in one line, when nothing listens on the board
+        transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout).close()
+    except Exception:
+        print(f"ERROR no TVM RPC server on {host.name}'s 127.0.0.1:{port} (through the SSH tunnel) for device "
+              f"{name!r}; start it with `latbench device start {name}`", flush=True)
+        return 1
+    fwd = LocalForward(transport, port, timeout=timeout)
+    print(f"PORT {fwd.port}", flush=True)
+    sys.stdin.read()  # until latbench closes the pipe (or dies)
+    fwd.close()
+    host.close()
+    return 0
+
