@@ -36,7 +36,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "faults.jsonl"
         env = {**os.environ, "LATBENCH_FAULTS_REPORT": str(report)}
-        cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_faults.py"), "-q", "-p", "no:cacheprovider"]
+        cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_faults.py"), "-q", "-p", "no:cacheprovider",
+               "-m", "slow or not slow"]
         if args.k:
             cmd += ["-k", args.k]
         t0 = time.monotonic()

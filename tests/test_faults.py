@@ -29,7 +29,7 @@ from remote_fixtures import sshd, x86_set  # noqa: F401  (fixtures)
 
 MARK_VAR = "LATBENCH_FAULT_MARK"
 #: Slow enough that a campaign of 5 tiny ops lasts a few seconds (a signal lands mid-timing), bounded visits.
-TIMING = {**FAST_TIMING, "repeat": 6, "min_repeat_ms": 25, "rounds": 3, "ci_target": 0.5, "max_visits": 3}
+TIMING = {**FAST_TIMING, "repeat": 6, "min_repeat_ms": 15, "rounds": 3, "ci_target": 0.99, "max_visits": 3}
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -67,6 +67,14 @@ def one_line(err: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def error_line(err: str) -> str:
+    """The one error line of a failure (warnings said on the way, e.g. a first lost link being retried, may
+    precede it; a traceback may not)."""
+    errors = [ln for ln in err.splitlines() if ln.startswith("latbench: error")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
 
 
 def record(fault: str, outcome: str, rows_lost: int, n_orphans: int) -> None:
@@ -156,8 +164,8 @@ def test_signal_during_build_leaves_no_worker(sig, tmp_path, small_ops):
 
 
 def test_signals_while_connecting_and_timing_lose_nothing(tmp_path, cache_dir, small_ops):
-    """One table through five runs: the first finishes two ops; then SIGKILL while connecting, SIGTERM, SIGINT and
-    SIGKILL while timing (each leaves no process behind), journals damaged between runs; the last run completes.
+    """One table through five runs: the first finishes two ops; then SIGKILL while connecting, SIGTERM and SIGKILL
+    while timing (each leaves no process behind), journals damaged between runs; the last run completes.
     The two first rows are never re-timed, every key is in the table once, every visit taken is kept."""
     dev = write_device(tmp_path, "sig-cpu", timing=TIMING)
     out = tmp_path / "d"
@@ -171,8 +179,7 @@ def test_signals_while_connecting_and_timing_lose_nothing(tmp_path, cache_dir, s
     assert set(first.index) == set(keys[:2])
 
     taken: list[tuple] = []
-    phases = [("connect", signal.SIGKILL), ("timing", signal.SIGTERM), ("timing", signal.SIGINT),
-              ("timing", signal.SIGKILL)]
+    phases = [("connect", signal.SIGKILL), ("timing", signal.SIGTERM), ("timing", signal.SIGKILL)]
     for phase, sig in phases:
         mark = uuid.uuid4().hex
         n0 = len(lines_of(visits_journal))
@@ -211,6 +218,7 @@ def test_signals_while_connecting_and_timing_lose_nothing(tmp_path, cache_dir, s
 
 
 # -- the device side fails -------------------------------------------------------------------------------
+@pytest.mark.slow  # ~2 min on a loaded 2-core VM: the pool waits out its tracker timeouts
 def test_tracker_killed_mid_campaign(tmp_path, cache_dir, small_ops):
     """The tracker dies while its servers time: the campaign either finishes on the sessions it holds or ends in
     one line; with a new tracker a rerun completes, every row once."""
@@ -226,7 +234,7 @@ def test_tracker_killed_mid_campaign(tmp_path, cache_dir, small_ops):
         dev = write_device(tmp_path, "tk-cpu", rpc={"mode": "tracker", "host": "127.0.0.1", "port": port,
                                                     "key": "tk", "connect_timeout": 5}, timing=TIMING)
         out = tmp_path / "d"
-        keys = [o.key for o in small_ops[:4]]
+        keys = [o.key for o in small_ops[:3]]
         visits_journal = table_path(out, "tk-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.visits.jsonl")
         proc = start(op_args(dev, out, cache_dir, keys), mark)
         wait_until(lambda: len(lines_of(visits_journal)) >= 2, proc, 300, "two visits")
@@ -234,7 +242,7 @@ def test_tracker_killed_mid_campaign(tmp_path, cache_dir, small_ops):
         _, err = proc.communicate(timeout=120)
         code = proc.returncode
         assert code in (0, 3), err
-        line = one_line(err) if code else "finished on the sessions it held"
+        line = error_line(err) if code else "finished on the sessions it held"
         tracker = LocalTracker(port=port).start()
         for s in servers:
             s.stop()
@@ -293,7 +301,7 @@ def test_full_disk_is_one_line_and_resumable(tmp_path, cache_dir, small_ops):
                           timeout=300)
     left = settle(mark)
     assert proc.returncode == 2, proc.stderr
-    line = one_line(proc.stderr)
+    line = error_line(proc.stderr)
     assert "disk full" in line or "No space" in line
     rerun = start(op_args(dev, saved, cache_dir, keys), mark)
     _, err = rerun.communicate(timeout=300)
@@ -344,7 +352,7 @@ def test_ssh_link_dropped_mid_campaign(tmp_path, sshd, cli, x86_set):
         _, err = proc.communicate(timeout=120)
         left = settle(mark)
         assert proc.returncode == 3, err
-        line = one_line(err)
+        line = error_line(err)
         n_visits = len(lines_of(visits_journal))
         rerun = start(["measure", "--artifacts", x86_set, "--target", dev, "--out", out], mark)
         _, err2 = rerun.communicate(timeout=300)

@@ -207,6 +207,7 @@ def _serve() -> int:
     except (OSError, AttributeError):
         pass
     logging.basicConfig(level=logging.ERROR, format="latbench tunnel: %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # a dropped link is reported by latbench, once
     from latbench.boards.ssh import SSHHost
     from latbench.devices import SSHConfig
 
