@@ -506,3 +506,37 @@ def test_fuzz_counts():
     for name, n in _COUNTS.items():
         record(f"fuzz {name}", f"{n} examples, only values or LatbenchError", 0, 0)
     assert all(n >= 50 for n in _COUNTS.values()), _COUNTS
+
+
+def test_tracker_stop_refuses_a_foreign_pid(tmp_path, cli):
+    """A stale PID file naming a process that is not our tracker (PID reused): refused in one line, not killed."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        pid_file = tmp_path / "tracker.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        code, _, err = cli("tracker", "stop", "--pid-file", pid_file)
+        assert code == 2 and "not a latbench RPC tracker" in one_line(err)
+        assert other.poll() is None and pid_file.exists()
+        record("tracker stop with a reused PID", f"exit 2, {one_line(err)}", 0, 0)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_board_server_is_loopback_unless_told(caplog):
+    """A board server binds 127.0.0.1; one latbench could not reach there is refused in one line; an explicit
+    address is honoured with the one warning that TVM RPC is unauthenticated."""
+    from latbench.boards.server import bind_address
+    from latbench.devices import device_from_dict
+    from latbench.errors import ConfigError
+
+    base = {"name": "b", "target": "cuda", "ssh": {"host": "192.0.2.10"}}
+    assert bind_address(device_from_dict({**base, "rpc": {"mode": "ssh"}})) == "127.0.0.1"
+    assert bind_address(device_from_dict({**base, "rpc": {"mode": "direct", "host": "127.0.0.1"}})) == "127.0.0.1"
+    with pytest.raises(ConfigError, match=r"rpc.tunnel: true.*rpc.bind: 0.0.0.0"):
+        bind_address(device_from_dict({**base, "rpc": {"mode": "direct", "host": "192.0.2.10"}}))
+    assert not caplog.records
+    exposed = device_from_dict({**base, "rpc": {"mode": "direct", "host": "192.0.2.10", "bind": "0.0.0.0"}})
+    assert bind_address(exposed) == "0.0.0.0"
+    (rec,) = caplog.records
+    assert rec.levelname == "WARNING" and "unauthenticated" in rec.getMessage()
