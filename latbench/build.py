@@ -75,7 +75,8 @@ def _build_worker(job: Job, backend: Backend, device: Device, root: str) -> tupl
 def _die_with_parent(parent: int) -> None:
     """Build worker initializer: the kernel SIGKILLs this worker when its parent dies (``PR_SET_PDEATHSIG``),
     even by SIGKILL, so no compile outlives a killed `latbench measure` (and the multiprocessing resource
-    tracker, whose pipe the workers hold, exits with them)."""
+    tracker, whose pipe the workers hold, exits with them). A worker still importing when its parent died (the
+    initializer runs once spawn's imports are done) exits here, as soon as it gets going (seconds)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):  # not Linux: the process group is all there is
