@@ -55,7 +55,7 @@ def orphans(mark: str) -> list[str]:
     return found
 
 
-def settle(mark: str, timeout: float = 10.0) -> list[str]:
+def settle(mark: str, timeout: float = 30.0) -> list[str]:
     """Orphans left once ``timeout`` has passed for them to go (watchdogs poll every 0.5 s)."""
     deadline = time.monotonic() + timeout
     while (left := orphans(mark)) and time.monotonic() < deadline:
@@ -195,7 +195,8 @@ def test_signals_while_connecting_and_timing_lose_nothing(tmp_path, cache_dir, s
         taken = [(v["key"], v["round"], v["median_ms"]) for v in lines_of(visits_journal)]
         now = table(out, "sig-cpu").set_index("key")
         lost = sum(k not in now.index for k in first.index)
-        record(f"{sig.name} while {phase}", f"exit {code}" + (f", {line}" if line else ""), lost, len(left))
+        record(f"{sig.name} while {phase}", f"exit {code}" + (f", {line}" if line else "") +
+               (f"; left: {left[0][:60]}" if left else ""), lost, len(left))
         assert not left, left
         assert lost == 0 and (now.loc[first.index, "timestamp"] == first["timestamp"]).all()
     # damage both journals the way a crash, a full disk or a stray editor would
