@@ -4,9 +4,12 @@ here and one timing an offline set (``measure --artifacts``) are the same loop.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -69,6 +72,35 @@ def _build_worker(job: Job, backend: Backend, device: Device, root: str) -> tupl
         return job.key, None, f"build failed: {exc.__class__.__name__}: {first_line(exc)}"
 
 
+def _die_with_parent(parent: int) -> None:
+    """Build worker initializer: the kernel SIGKILLs this worker when its parent dies (``PR_SET_PDEATHSIG``),
+    even by SIGKILL, so no compile outlives a killed `latbench measure` (and the multiprocessing resource
+    tracker, whose pipe the workers hold, exits with them). A worker still importing when its parent died (the
+    initializer runs once spawn's imports are done) exits here, as soon as it gets going (seconds)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: the process group is all there is
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """On an interrupt: kill the running compiles now (shutdown alone waits for them at exit)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(5)
+
+
+#: After an interrupt kills the workers, multiprocessing's resource tracker cleans up their semaphores and says so
+#: in a 2-line warning per run; the cleanup is what we want, the warning breaks "one line per failure".
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 def build_all(jobs: Sequence[Job], backend: Backend, device: Device, cache: ArtifactCache,
               workers: int | None = None, progress: bool = True
               ) -> tuple[dict[str, Artifact], dict[str, str]]:
@@ -88,16 +120,19 @@ def build_all(jobs: Sequence[Job], backend: Backend, device: Device, cache: Arti
                     pbar.update(1)
             else:
                 ctx = mp.get_context("spawn")  # fork after importing torch/TVM is unsafe
-                with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                    futs = [pool.submit(_build_worker, j, backend, device, str(arts[j.key].root)) for j in todo]
+                if _QUIET_TRACKER not in sys.warnoptions:  # the tracker, started next, takes -W from these
+                    sys.warnoptions.append(_QUIET_TRACKER)
+                with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_die_with_parent,
+                                         initargs=(os.getpid(),)) as pool:
                     try:
+                        futs = [pool.submit(_build_worker, j, backend, device, str(arts[j.key].root)) for j in todo]
                         for fut in as_completed(futs):
                             key, _, err = fut.result()
                             if err:
                                 errors[key] = err
                             pbar.update(1)
                     except BaseException:
-                        pool.shutdown(wait=False, cancel_futures=True)
+                        _stop_workers(pool)
                         raise
     for key, err in errors.items():
         log.warning("%s: %s", key, err)

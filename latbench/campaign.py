@@ -136,7 +136,12 @@ class Campaign:
             log.info("%s on %s/%s: %d to measure, %d already done", "+".join(kinds), self.device.name,
                      self.backend_name, len(todo), len(jobs) - len(todo))
             if todo:
-                self._measure(todo, stores, plan)
+                device = self.device
+                try:
+                    with boards.tunnel(device) as self.device:  # rpc.tunnel: through an SSH port forward
+                        self._measure(todo, stores, plan)
+                finally:
+                    self.device = device
         return stores[kinds[0]].consolidate()
 
     def _measure(self, todo: list[Job], stores: dict[str, TableStore], plan: rounds.Plan) -> None:

@@ -13,7 +13,11 @@ Schema (every field but ``name`` and ``target`` has a default)::
     num_threads: 4                    # TVM_NUM_THREADS on the device (TVM otherwise uses 1 thread here)
     rpc:
       mode: tracker                   # local (latbench starts a server here) | direct | tracker
+                                      # | ssh (= direct with tunnel: true)
       host: 127.0.0.1                 # direct: the RPC server; tracker: the tracker
+      tunnel: false                   # true: reach the board's loopback-bound server (and let it reach a
+                                      # loopback tracker) through port forwards on the ssh connection
+      bind: null                      # address the board's server listens on (default 127.0.0.1)
       port: 9190
       key: rasp4                      # tracker only: the device key servers register under
       session_timeout: 600            # s; the server ends a session that runs longer
@@ -175,10 +179,18 @@ class RPCConfig(_Config):
     session_timeout: Float = Field(600.0, ge=1)  # s; the server ends a session that runs longer
     connect_timeout: Float = Field(20.0, ge=0.1)  # s; connecting or waiting for a free server
     tracker: Any = None  # accepted for older YAMLs, unused (the tracker is host:port)
+    #: Reach the board's loopback-bound server through an SSH port forward (direct mode), or let the
+    #: board's server register with a loopback tracker through a reverse forward (tracker mode).
+    tunnel: StrictBool = False
+    bind: Str | None = None  # the address the board's server listens on (default 127.0.0.1)
 
     @model_validator(mode="before")
     @classmethod
     def _mode_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mode") == "ssh":  # mode ssh: direct through an SSH tunnel
+            if data.get("tunnel") is False:
+                raise _fail("field 'rpc.tunnel': mode 'ssh' always tunnels, got tunnel: false")
+            data = {**data, "mode": "direct", "tunnel": True}
         if isinstance(data, dict) and "port" not in data and data.get("mode", "local") in DEFAULT_PORTS:
             data = {**data, "port": DEFAULT_PORTS[data.get("mode", "local")]}
         return data
@@ -188,6 +200,8 @@ class RPCConfig(_Config):
         if self.mode == "tracker" and not self.key:
             raise _fail(f"field 'rpc.key': expected the device key its servers register under (tracker mode), "
                         f"got {self.key!r}")
+        if self.tunnel and self.mode == "local":
+            raise _fail("field 'rpc.tunnel': mode 'local' servers run here, there is nothing to tunnel")
         return self
 
     @property
@@ -246,6 +260,12 @@ class Device(_Config):
             if "description" in data:
                 data["description"] = str(data["description"])
         return data
+
+    @model_validator(mode="after")
+    def _tunnel_needs_ssh(self) -> Device:
+        if self.rpc.tunnel and self.ssh is None:
+            raise _fail("field 'rpc.tunnel': an SSH tunnel needs the 'ssh' section (host, user, key_file)")
+        return self
 
     @field_validator("target")
     @classmethod

@@ -93,29 +93,81 @@ def _journal_of(path: Path) -> Path:
     return path.with_name(path.name.replace(".parquet", "") + ".journal.jsonl")
 
 
+#: Numeric row fields: when present they must be numbers (or null), whatever wrote the line.
+NUMERIC_FIELDS = STAT_COLUMNS + ("ci_low_ms", "ci_high_ms", "raw_median_ms", "ref_level_ms", "n_visits",
+                                 "n_rejected", "max_abs_err", "tolerance", "number", "repeat")
+STATUSES = ("ok", "error")
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` cannot be a table row (``None`` if it can): a JSON object with a non-empty string ``key``, a
+    ``status`` of ok/error, and numbers (or null) in the numeric fields."""
+    if not isinstance(row, dict):
+        return f"not a JSON object ({type(row).__name__})"
+    key = row.get("key")
+    if not isinstance(key, str) or not key:
+        return "no key" if key is None else f"key is not a non-empty string ({key!r:.40})"
+    status = row.get("status", "ok")
+    if status is not None and status not in STATUSES:
+        return f"status {status!r:.40} is not ok or error"
+    for f in NUMERIC_FIELDS:
+        v = row.get(f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{f} is not a number ({v!r:.40})"
+    return None
+
+
 def _read_journal(journal: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines journal; a line that is not a JSON object with a string ``key`` (a torn
-    last line from a killed process, or damage) is skipped, with one warning per journal."""
-    if not journal.exists():
-        return []
-    rows, bad = [], 0
-    with journal.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(row, dict) and isinstance(row.get("key"), str):
-                rows.append(row)
-            else:
-                bad += 1
+    """The valid rows of a JSON-lines journal (see :func:`_scan_journal`), with one warning for the others."""
+    rows, bad = _scan_journal(journal)
     if bad:
-        log.warning("%s: skipped %d unreadable line(s); what they held is measured again", journal, bad)
+        log.warning("%s: skipped %d bad line(s) (torn, undecodable or malformed); what they held is measured again",
+                    journal, len(bad))
     return rows
+
+
+def _scan_journal(journal: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """(valid rows, raw bad lines) of a journal. A line is bad when it is not UTF-8, not JSON, or not a valid row
+    (:func:`row_problem`): a torn last line from a killed process, a full disk, or damage."""
+    if not journal.exists():
+        return [], []
+    rows: list[dict[str, Any]] = []
+    bad: list[bytes] = []
+    try:
+        data = journal.read_bytes()
+    except OSError as exc:
+        raise TableError(f"cannot read journal {journal}: {exc.strerror or exc}") from None
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            bad.append(raw)
+            continue
+        if row_problem(row) is None:
+            rows.append(row)
+        else:
+            bad.append(raw)
+    return rows, bad
+
+
+def quarantine(journal: Path, bad: list[bytes]) -> Path | None:
+    """Keep a journal's bad lines in ``<journal>.quarantine`` (appended) before the journal is rewritten or
+    removed, and say so in one warning line; returns that file."""
+    if not bad:
+        return None
+    q = journal.with_name(journal.name + ".quarantine")
+    try:
+        with q.open("ab") as f:
+            f.write(b"".join(b + b"\n" for b in bad))
+    except OSError as exc:
+        log.warning("%s: %d bad line(s) dropped (cannot keep them in %s: %s)", journal, len(bad), q,
+                    exc.strerror or exc)
+        return None
+    log.warning("%s: %d bad line(s) (torn, undecodable or malformed) quarantined in %s; what they held is "
+                "measured again", journal, len(bad), q)
+    return q
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
@@ -171,21 +223,16 @@ class TableStore:
         return set(df.loc[ok_mask(df), "key"])
 
     def append(self, row: dict[str, Any]) -> None:
-        """Persist one row now (durable on return)."""
-        line = json.dumps(row, default=_json_default, sort_keys=True)
-        with self.journal.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Persist one row now (durable on return); a row that could not be read back is refused."""
+        problem = row_problem(row)
+        if problem:
+            raise TableError(f"refusing to write a malformed row to {self.journal}: {problem}")
+        _append_line(self.journal, json.dumps(row, default=_json_default, sort_keys=True))
 
     # -- visits (every timing window of a campaign; resume works at this granularity) ------------------
     def append_visit(self, key: str, visit: dict[str, Any]) -> None:
         """Persist one visit now (durable on return)."""
-        line = json.dumps({"key": key, **visit}, default=_json_default, sort_keys=True)
-        with self.visits_journal.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.visits_journal, json.dumps({"key": key, **visit}, default=_json_default, sort_keys=True))
 
     def pending_visits(self) -> dict[str, list[dict[str, Any]]]:
         """Visits of items not finished yet (an interrupted campaign's), by key, in the order taken."""
@@ -199,22 +246,25 @@ class TableStore:
         """Move the visits of finished items from the journal to ``<table>.visits.parquet`` (a long table)."""
         if not self.visits_journal.exists():
             return
-        visits = _read_journal(self.visits_journal)
+        visits, bad = _scan_journal(self.visits_journal)
+        quarantine(self.visits_journal, bad)
         done = [v for v in visits if v["key"] in finished]
         keep = [v for v in visits if v["key"] not in finished]
-        if done:
-            new = pd.DataFrame(done)
-            old = pd.read_parquet(self.visits_path) if self.visits_path.exists() else pd.DataFrame()
-            df = _normalise(pd.concat([old, new], ignore_index=True) if len(old) else new)
-            tmp = self.visits_path.with_suffix(".parquet.tmp")
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.visits_path)
-        if keep:
-            tmp = self.visits_journal.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(v, default=_json_default, sort_keys=True) + "\n" for v in keep))
-            os.replace(tmp, self.visits_journal)
-        else:
-            self.visits_journal.unlink()
+        try:
+            if done:
+                new = pd.DataFrame(done)
+                old = pd.read_parquet(self.visits_path) if self.visits_path.exists() else pd.DataFrame()
+                df = _normalise(pd.concat([old, new], ignore_index=True) if len(old) else new)
+                _write_parquet(df, self.visits_path)
+            if keep:
+                tmp = self.visits_journal.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(v, default=_json_default, sort_keys=True) + "\n" for v in keep))
+                os.replace(tmp, self.visits_journal)
+            else:
+                self.visits_journal.unlink()
+        except OSError as exc:  # a full disk: the journal stays as it was, nothing is lost
+            raise TableError(f"cannot write {self.visits_path.parent}: {exc.strerror or exc} (disk full?); every "
+                             "visit is still in the journal — free space and rerun to resume") from None
 
     def consolidate(self) -> pd.DataFrame:
         """Fold the journal into the Parquet file (atomic replace) and return the table."""
@@ -222,12 +272,40 @@ class TableStore:
         if df.empty:
             return df
         df = _normalise(df)
-        tmp = self.path.with_suffix(".parquet.tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        try:
+            _write_parquet(df, self.path)
+        except OSError as exc:  # a full disk: the journal is kept, so nothing is lost
+            raise TableError(f"cannot write table {self.path}: {exc.strerror or exc} (disk full?); the rows are "
+                             f"still in {self.journal.name} — free space and rerun to resume") from None
         if self.journal.exists():
+            _, bad = _scan_journal(self.journal)
+            quarantine(self.journal, bad)
             self.journal.unlink()
         return df
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line and fsync it; a write that fails (a full disk, a file-size limit) is one clear error and
+    leaves at most a torn last line, which readers quarantine."""
+    try:
+        with path.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise TableError(f"cannot write {path}: {exc.strerror or exc} (disk full?); every result taken before is "
+                         "kept — free space and rerun the same command to resume") from None
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(".parquet.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:

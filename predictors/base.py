@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec
 from latbench.space import FIRST_BLOCK_CANDIDATES, MBCONV_CANDIDATES, ZERO, Arch, Space, infer_space, space_to_dict
-from predictors.calibration import fit_calibration_line
+from predictors.calibration import check_calibration, fit_calibration_line
 from predictors.data import OpData, check_latency, op_data
 from predictors.io import save_predictor
 
@@ -271,7 +271,8 @@ class BasePredictor(RegressorMixin, BaseEstimator):
         for a, v in zip(archs, y):
             check_latency(v, self._as_arch(a).key, "calibration")
         scale, offset, used = fit_calibration_line(self._predict_raw(archs), y, mode)
-        self.calibration_ = {"scale": scale, "offset": offset, "n": len(archs), "mode": used}
+        self.calibration_ = check_calibration({"scale": scale, "offset": offset, "n": len(archs), "mode": used},
+                                              "the fitted calibration")
         log.info("calibration from %d archs (%s): scale %.4f offset %.4f ms", len(archs), used, scale, offset)
         return self
 
@@ -290,7 +291,7 @@ class BasePredictor(RegressorMixin, BaseEstimator):
         self.space_ = dict(s["space"])
         self.device_, self.backend_, self.target_ = s.get("device"), s.get("backend"), s.get("target")
         self.n_train_ = int(s.get("n_train", 0))
-        self.calibration_ = dict(s.get("calibration") or {"scale": 1.0, "offset": 0.0, "n": 0})
+        self.calibration_ = check_calibration(s.get("calibration") or {"scale": 1.0, "offset": 0.0, "n": 0})
 
     def _state(self) -> dict[str, Any]:
         raise NotImplementedError

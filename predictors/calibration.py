@@ -1,6 +1,9 @@
 """Calibration of a predictor's Σ op latencies to measured whole networks: ``measured ≈ scale * Σops + offset``."""
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from latbench.errors import LatbenchError
@@ -33,3 +36,19 @@ def fit_calibration_line(raw: np.ndarray, measured: np.ndarray, mode: str = "aut
         if mode == "affine" or (slope > 0 and 0.5 * scale <= slope <= 2 * scale):
             scale, offset, used = float(slope), float(intercept), "affine"
     return scale, offset, used
+
+
+def check_calibration(cal: Any, source: str = "predictor") -> dict[str, Any]:
+    """A calibration record (``scale``, ``offset``, ``n``, ``mode``) validated: the scale a finite number > 0, the
+    offset finite — a hand-edited file with NaN, inf or a negative scale would turn every prediction into nonsense."""
+    if not isinstance(cal, dict):
+        raise LatbenchError(f"{source}: calibration is not a mapping ({type(cal).__name__})")
+    out = dict(cal)
+    for name, ok, what in (("scale", lambda v: v > 0, "a finite number > 0"),
+                           ("offset", lambda v: True, "a finite number")):
+        v = out.get(name, 1.0 if name == "scale" else 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise LatbenchError(f"{source}: calibration {name} must be {what}, got {v!r}; refit the calibration "
+                                "(`latbench fit-predictor --calibration ARCH_TABLE`) or the predictor")
+        out[name] = float(v)
+    return out

@@ -28,6 +28,14 @@ from predictors.io import register_predictor
 log = logging.getLogger(__name__)
 
 _KIND_COLS = ("is_stem", "is_mbconv", "is_feature_mix", "is_logits")
+#: Features whose fitted range is the predictor's domain; an op more than :data:`FAR` times outside the range of
+#: one of them (a 100000-px input, a 10000-channel layer) is an extrapolation trees and the base cannot vouch for.
+DOMAIN_FEATURES = ("in_h", "in_w", "in_ch", "out_ch", "mid_ch", "flops", "act_bytes", "weight_bytes")
+FAR = 8.0
+
+
+class ExtrapolationError(LatbenchError):
+    """An op far outside what the predictor was fitted on (refused unless ``allow_extrapolation``)."""
 BASE_TERMS = _KIND_COLS + ("dense_flops", "flops_depthwise", "act_bytes", "weight_bytes")
 
 
@@ -56,7 +64,7 @@ class GBDTPredictor(BasePredictor):
     def __init__(self, n_estimators: int = 400, max_depth: int = 3, learning_rate: float = 0.05,
                  subsample: float = 0.9, colsample_bytree: float = 0.9, min_child_weight: float = 1.0,
                  reg_lambda: float = 1.0, base_model: str = "linear", stat: str = "median_ms",
-                 n_jobs: int = 2, random_state: int = 0) -> None:
+                 n_jobs: int = 2, random_state: int = 0, allow_extrapolation: bool = False) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -68,6 +76,7 @@ class GBDTPredictor(BasePredictor):
         self.stat = stat
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.allow_extrapolation = allow_extrapolation
 
     def _xgb_params(self) -> dict[str, Any]:
         return {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": int(self.max_depth),
@@ -90,6 +99,26 @@ class GBDTPredictor(BasePredictor):
         dtrain = xgb.DMatrix(F, label=target, feature_names=list(FEATURE_NAMES))
         self.booster_ = xgb.train(self._xgb_params(), dtrain, num_boost_round=int(self.n_estimators))
         self.train_rmse_log_ = float(np.sqrt(np.mean((self.booster_.predict(dtrain) - target) ** 2)))
+        cols = [FEATURE_NAMES.index(n) for n in DOMAIN_FEATURES]
+        self.domain_ = {n: [float(F[:, c].min()), float(F[:, c].max())] for n, c in zip(DOMAIN_FEATURES, cols)}
+
+    def _check_domain(self, ops: Sequence[OpSpec], F: np.ndarray) -> None:
+        """Refuse (or, with ``allow_extrapolation``, warn about) ops far outside the fitted domain."""
+        domain = getattr(self, "domain_", None) or {}
+        for name, (lo, hi) in domain.items():
+            v = F[:, FEATURE_NAMES.index(name)]
+            far = (v > hi * FAR) | ((lo > 0) & (v < lo / FAR))
+            if not far.any():
+                continue
+            i = int(np.flatnonzero(far)[0])
+            msg = (f"{type(self).__name__} was fitted on ops with {name} {lo:g}–{hi:g}, but op {ops[i].key} has "
+                   f"{name} {v[i]:g} (more than {FAR:g}× outside, {int(far.sum())} op(s) like it): its latency "
+                   "would be an extrapolation")
+            if not self.allow_extrapolation:
+                raise ExtrapolationError(msg + "; measure such ops, or allow it (`latbench predict "
+                                         "--allow-extrapolation`, GBDTPredictor(allow_extrapolation=True))")
+            log.warning("%s", msg)
+            return
 
     def _fit_base(self, F: np.ndarray, ms: np.ndarray) -> list[float]:
         from scipy.optimize import nnls  # deferred: scipy.optimize is slow to import, only fitting needs it
@@ -116,6 +145,7 @@ class GBDTPredictor(BasePredictor):
         if not ops:
             return np.zeros(0)
         F = feature_matrix(ops)
+        self._check_domain(ops, F)
         corr = self.booster_.predict(xgb.DMatrix(F, feature_names=list(FEATURE_NAMES)))
         return self._base(F) * np.exp(corr.astype(float))
 
@@ -124,7 +154,8 @@ class GBDTPredictor(BasePredictor):
         return {"model_ubj": bytes(self.booster_.save_raw(raw_format="ubj")),
                 "feature_names": list(FEATURE_NAMES), "base_terms": list(BASE_TERMS),
                 "base_coef": [float(c) for c in self.base_coef_],
-                "train_rmse_log": float(self.train_rmse_log_)}
+                "train_rmse_log": float(self.train_rmse_log_),
+                "domain": {k: [float(a), float(b)] for k, (a, b) in getattr(self, "domain_", {}).items()}}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         import xgboost as xgb
@@ -144,3 +175,8 @@ class GBDTPredictor(BasePredictor):
         self.booster_ = booster
         self.base_coef_ = [float(c) for c in state.get("base_coef", [])]
         self.train_rmse_log_ = float(state.get("train_rmse_log", float("nan")))
+        domain = state.get("domain") or {}  # files written before the domain was kept: no check
+        if not isinstance(domain, dict) or any(k not in DOMAIN_FEATURES or not isinstance(v, list) or len(v) != 2
+                                               for k, v in domain.items()):
+            raise LatbenchError("GBDT state has a malformed fitted domain; refit the predictor")
+        self.domain_ = {k: [float(v[0]), float(v[1])] for k, v in domain.items()}

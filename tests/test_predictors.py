@@ -485,3 +485,35 @@ def test_cli_calibration_from_arch_table(tmp_path, measured, lut, cli):
     assert code == 2 and "calibration tables are from device rasp4 but the op tables from 'pred-cpu'" in err
     code, _, err = cli("fit-predictor", "--table", measured, "-r", "32", "--calibration", measured, "--out", out)
     assert code == 2 and "not an architecture table" in err
+
+
+def test_gbdt_refuses_far_extrapolation(gbdt, tmp_path, cli, caplog):
+    """A 100000-px network is far outside what the xgb predictor saw (32–64 px): refused in one line, unless allowed
+    (then a warning); a network inside the domain predicts as before."""
+    from predictors.gbdt import ExtrapolationError
+
+    huge = Space(resolution=100000).smallest()
+    with pytest.raises(ExtrapolationError, match=r"in_h .*50000.*allow-extrapolation"):
+        gbdt.predict(huge)
+    assert gbdt.predict(SPACE.smallest()) > 0
+    gbdt.save(tmp_path / "g.pkl")
+    huge.save(tmp_path / "huge.json")
+    code, out, err = cli("predict", "--predictor", tmp_path / "g.pkl", "--arch", tmp_path / "huge.json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "extrapolation" in err
+    code, out, err = cli("predict", "--predictor", tmp_path / "g.pkl", "--arch", tmp_path / "huge.json",
+                         "--allow-extrapolation", "--json")
+    assert code == 0 and json.loads(out)["latency_ms"] > 0
+    assert "extrapolation" in caplog.text
+
+
+@pytest.mark.parametrize("field,value", [("scale", float("nan")), ("scale", -1.0), ("scale", 0.0),
+                                         ("scale", float("inf")), ("offset", float("nan")), ("scale", "fast")])
+def test_bad_calibration_refused_on_load(lut, tmp_path, field, value):
+    from predictors.io import PREDICTOR_FILE, load_payload, write_plain
+
+    path = lut.save(tmp_path / "lut.pkl")
+    payload = load_payload(path)
+    payload["base"]["calibration"][field] = value
+    write_plain(path, payload, PREDICTOR_FILE)
+    with pytest.raises(PredictorFileError, match=f"calibration {field} must be"):
+        load_predictor(path)

@@ -174,3 +174,93 @@ def test_board_server_in_tracker_pool_over_ssh(tmp_path, sshd, cli, x86_set):
         while servers_of(tracker.summary(), "sshpool") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not servers_of(tracker.summary(), "sshpool")
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on TCP ``port`` (from /proc/net/tcp: hex address, state 0A = LISTEN)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:
+            out.add(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
+def test_measure_through_ssh_tunnel(tmp_path, sshd, cli, x86_set):
+    """rpc mode ssh: the board's server listens on its 127.0.0.1 only and the campaign reaches it through a
+    port forward on the SSH connection (rows name the forward's port, not the board's)."""
+    import pandas as pd
+    import yaml
+
+    path = ssh_device(tmp_path, sshd, name="tunboard")
+    d = yaml.safe_load(path.read_text())
+    d["target"] = {"kind": "llvm", "mcpu": "native", "num-cores": os.cpu_count()}  # x86_set's (local-cpu's) target
+    board_port = free_port()
+    d["rpc"] = {"mode": "ssh", "port": board_port, "connect_timeout": 10}
+    write_yaml(path, d)
+    code, out, err = cli("measure", "--artifacts", x86_set, "--target", path, "--out", tmp_path / "data")
+    assert code == 3 and "device start tunboard" in err and len(err.strip().splitlines()) == 1  # not started yet
+    code, out, err = cli("device", "start", path)
+    assert code == 0, err
+    try:
+        assert _listening(board_port) == {"127.0.0.1"} and "unauthenticated" not in err
+        code, out, err = cli("measure", "--artifacts", x86_set, "--target", path, "--out", tmp_path / "data",
+                             "--rounds", "1", "--no-reference")
+        assert code == 0, err
+        table = tmp_path / "data" / "tunboard" / "ops-tvm.parquet"
+        df = pd.read_parquet(table)
+        assert (df["status"] == "ok").all() and len(df) == 3
+        ports = {int(s.rsplit(":", 1)[1]) for s in df["server"]}
+        assert board_port not in ports and all(s.startswith("127.0.0.1:") for s in df["server"])
+    finally:
+        cli("device", "stop", path)
+    assert not _listening(board_port)
+
+
+def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
+    """rpc tracker with tunnel: `device start` holds a reverse forward (board → loopback tracker) and a local one
+    (clients → board); the pool times ops through them; SIGTERM stops the board server and the forwards."""
+    import signal
+    import subprocess
+
+    import yaml
+
+    from conftest import latbench_cmd
+    from latbench.artifacts import load_manifest
+    from latbench.runners.base import Visit
+    from latbench.runners.pool import PoolRunner
+    from latbench.runners.tracker import LocalTracker, servers_of
+
+    with LocalTracker() as tracker:
+        assert _listening(tracker.port) == {"127.0.0.1"}
+        path = ssh_device(tmp_path, sshd, name="tunpool")
+        d = yaml.safe_load(path.read_text())
+        d["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker.port, "key": "tunpool", "tunnel": True,
+                    "connect_timeout": 10}
+        write_yaml(path, d)
+        proc = subprocess.Popen(latbench_cmd("device", "start", path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            (addr,) = tracker.wait_for_servers("tunpool", 1, timeout=60)
+            fwd_port = int(addr.rsplit(":", 1)[1])
+            assert addr.startswith("127.0.0.1:") and _listening(fwd_port) == {"127.0.0.1"}
+            board_log = (tmp_path / "board" / "server.log").read_text()
+            bound = int(next(ln.split()[1] for ln in board_log.splitlines() if ln.startswith("PORT ")))
+            assert bound != fwd_port and _listening(bound) == {"127.0.0.1"}
+            _, entries = load_manifest(x86_set)
+            rows = []
+            with PoolRunner(load_device_file(path)) as pool:
+                pool.run([Visit(e["key"], a) for e, a in entries], lambda v, r: rows.append((v.key, r)))
+            assert sorted(k for k, _ in rows) == sorted(e["key"] for e, _ in entries)
+            assert all(r.get("status", "ok") == "ok" and r["server"] == addr for _, r in rows), rows
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "through SSH" in out
+        assert not _listening(bound) and not _listening(fwd_port)
+        deadline = time.monotonic() + 10
+        while servers_of(tracker.summary(), "tunpool") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not servers_of(tracker.summary(), "tunpool")

@@ -7,7 +7,10 @@ It speaks TVM's RPC protocol (the same handshake as ``python -m tvm.exec.rpc_ser
 stock client (``tvm.rpc.connect`` / ``connect_tracker(...).request``) works unchanged: upload,
 ``load_module``, ``relax.VirtualMachine`` and ``time_evaluator`` all run in ``libtvm_runtime``.
 
-    python3 board_server.py --host 0.0.0.0 --port 9090 [--tracker HOST:PORT --key rasp4]
+    python3 board_server.py --port 9090 [--host 127.0.0.1] [--tracker HOST:PORT --key rasp4]
+
+It listens on 127.0.0.1 unless ``--host`` says otherwise: TVM RPC is unauthenticated, so latbench
+reaches it through an SSH port forward (``rpc.tunnel: true``) rather than over the network.
 
 Each session runs in a forked child calling the runtime's ``rpc.ServerLoop`` (in a fresh work
 directory); the parent keeps registering with the tracker. Start it with ``setsid`` and stop it
@@ -186,13 +189,16 @@ def serve_session(tvm_ffi, conn: socket.socket, addr, opts: dict, work_root: str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1; another one exposes unauthenticated TVM RPC)")
     ap.add_argument("--port", type=int, default=9090)
     ap.add_argument("--port-end", type=int, default=None, help="try ports [port, port-end) (default: port+100)")
     ap.add_argument("--tracker", default=None, help="HOST:PORT of a TVM RPC tracker to register with")
     ap.add_argument("--key", default="", help="device key the server registers under with --tracker "
                     "(direct clients must then send the same key; default: none)")
     ap.add_argument("--custom-addr", default=None, help="address the tracker hands to clients (default: as seen)")
+    ap.add_argument("--custom-port", type=int, default=None,
+                    help="port the tracker hands to clients (default: the one bound; an SSH tunnel's port)")
     ap.add_argument("--pid-file", default=None)
     ap.add_argument("--work-dir", default=None, help="where session directories go (default: the temp dir)")
     ap.add_argument("--num-threads", type=int, default=0, help="TVM_NUM_THREADS (0: the runtime's default)")
@@ -221,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log(f"latbench board server on {args.host}:{port} (pid {os.getpid()}, runtime {runtime.find_runtime_dir()})")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log(f"warning: listening on {args.host}:{port}: TVM RPC is unauthenticated, anyone who reaches it can run code")
     print(f"PORT {port}", flush=True)
 
     tracker = None
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --tracker needs --key (the device key clients request)")
     if args.tracker:
         host, tport = args.tracker.rsplit(":", 1)
-        tracker = Tracker((host, int(tport)), args.key, port, args.custom_addr)
+        tracker = Tracker((host, int(tport)), args.key, args.custom_port or port, args.custom_addr)
     while True:
         try:
             if tracker:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from latbench.boards.emulated import emulator_of
 from latbench.boards.server import start_server
+from latbench.boards.tunnel import tunnel
 from latbench.devices import Device
 from latbench.runners.bundle import cached_bundle
 from latbench.runners.process import port_is_open
+
+
+__all__ = ["prepare", "tunnel"]
 
 
 def prepare(device: Device) -> bool:

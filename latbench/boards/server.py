@@ -18,6 +18,7 @@ from latbench.boards.emulated import emulator_of
 from latbench.boards.hosts import Host
 from latbench.devices import Device
 from latbench.errors import ConfigError, DeviceError
+from latbench.runners.process import is_loopback, warn_exposed
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,40 @@ def server_status(device: Device, host: Host) -> dict[str, Any]:
     return {"running": bool(rc == 0 and pid.isdigit()), "pid": int(pid) if pid.isdigit() else None}
 
 
-def server_command(device: Device, host: Host, bundle_dir: str, tracker: str | None = None) -> list[str]:
-    """The board server command line for the device's RPC mode."""
+def bind_address(device: Device, tracker: str | None = None, bind: str | None = None) -> str:
+    """Where the board's server listens: ``bind`` (``device start --bind``), else ``rpc.bind``, else 127.0.0.1.
+
+    A loopback server latbench could not reach (no tunnel, the server or the tracker elsewhere) is refused
+    in one line; a server on another address gets the warning that TVM RPC is unauthenticated."""
+    rpc = device.rpc
+    addr = bind or rpc.bind or "127.0.0.1"
+    peer = tracker.rsplit(":", 1)[0] if tracker else rpc.host
+    if is_loopback(addr) and not rpc.tunnel and not is_loopback(peer):
+        what = "the tracker" if rpc.mode == "tracker" else "latbench"
+        raise ConfigError(f"{device.source}: the board's server listens on 127.0.0.1 by default, where {what} at "
+                          f"{peer} cannot reach it; set 'rpc.tunnel: true' (SSH port forwards, nothing exposed) or "
+                          f"'rpc.bind: 0.0.0.0' (exposes unauthenticated TVM RPC to the network)")
+    if not is_loopback(addr):
+        warn_exposed(f"{device.name}'s board server", addr)
+    return addr
+
+
+def server_command(device: Device, host: Host, bundle_dir: str, tracker: str | None = None,
+                   bind: str | None = None, advertise_port: int | None = None) -> list[str]:
+    """The board server command line for the device's RPC mode (``advertise_port``: the port the tracker
+    hands to clients, a tunnel's, instead of the one the server binds)."""
     rpc = device.rpc
     wd = workdir(device, host)
     cmd = [host.python, f"{bundle_dir}/board_server.py", "--pid-file", _pid_file(wd), "--work-dir", f"{wd}/sessions"]
     if device.num_threads:
         cmd += ["--num-threads", str(device.num_threads)]
     if rpc.mode == "tracker":
-        cmd += ["--host", "0.0.0.0", "--port", "9090", "--tracker", tracker or rpc.address, "--key", rpc.key]
+        cmd += ["--host", bind_address(device, tracker, bind), "--port", "9090", "--tracker", tracker or rpc.address,
+                "--key", rpc.key]
+        if advertise_port:
+            cmd += ["--custom-addr", "127.0.0.1", "--custom-port", str(advertise_port)]
     elif rpc.mode == "direct":
-        bind = "127.0.0.1" if rpc.host in ("127.0.0.1", "localhost") else "0.0.0.0"
-        cmd += ["--host", bind, "--port", str(rpc.port), "--port-end", str(rpc.port + 1)]
+        cmd += ["--host", bind_address(device, None, bind), "--port", str(rpc.port), "--port-end", str(rpc.port + 1)]
     else:
         raise ConfigError(f"{device.source}: field 'rpc.mode': `latbench device start` needs 'tracker' or 'direct' "
                           f"(mode 'local' servers are started by latbench measure itself), got {rpc.mode!r}")
@@ -104,21 +127,21 @@ def server_command(device: Device, host: Host, bundle_dir: str, tracker: str | N
 
 
 def start_server(device: Device, host: Host, bundle: Path, tracker: str | None = None,
-                 timeout: float = 90.0) -> dict[str, Any]:
+                 timeout: float = 90.0, bind: str | None = None, advertise_port: int | None = None) -> dict[str, Any]:
     """Upload the runtime bundle and start the board's RPC server in the background (own process group)."""
     wd = workdir(device, host)
+    remote_bundle = f"{wd}/bundle"
+    cmd = " ".join(shlex.quote(c) for c in server_command(device, host, remote_bundle, tracker, bind, advertise_port))
     status = server_status(device, host)
     if status["running"]:
         raise DeviceError(f"{host.name}: a latbench board server is already running (pid {status['pid']}); "
                           f"`latbench device stop {device.name}` first")
     host.check(f"mkdir -p {shlex.quote(wd)}/sessions", what="creating the work directory")
-    remote_bundle = f"{wd}/bundle"
     t0 = time.monotonic()
     if _remote_bundle_sha(host, remote_bundle) != json.loads((bundle / "bundle.json").read_text())["sha256"]:
         host.put_dir(bundle, remote_bundle)
         log.info("uploaded the bundle to %s:%s in %.1f s", host.name, remote_bundle, time.monotonic() - t0)
     log_path = f"{wd}/server.log"
-    cmd = " ".join(shlex.quote(c) for c in server_command(device, host, remote_bundle, tracker))
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in host.env.items())
     # The subshell returns at once; the server (setsid: its own session and process group) keeps no pipe open.
     host.check(f"rm -f {shlex.quote(_pid_file(wd))} && cd {shlex.quote(wd)} && ({env} setsid nohup {cmd} "

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 
 from latbench.errors import LatbenchError
@@ -51,13 +53,40 @@ def setup_logging(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+#: Exit code after SIGTERM (128 + 15, as a shell reports it).
+EXIT_SIGTERM = 143
+
+
+class _Terminated:
+    """SIGTERM behaves like Ctrl-C: it raises KeyboardInterrupt in the main thread (every command already ends
+    an interrupt with one line and keeps what it finished); the exit code is then 143, not 130."""
+
+    received = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: object) -> None:
+        if cls.received:  # a second SIGTERM while winding down: the first one is being handled
+            return
+        cls.received = True
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    return EXIT_SIGTERM if _Terminated.received and code != 0 else code
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _Terminated.received = False
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _Terminated.handler)  # a host program's own handler stays
     try:
         return int(args.func(args) or 0)
     except LatbenchError as exc:
@@ -66,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("latbench: interrupted; every result taken so far is saved — rerun the same command to resume",
-              file=sys.stderr)
+        print(f"latbench: {'terminated' if _Terminated.received else 'interrupted'}; every result taken so far is "
+              "saved — rerun the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     info = bundle_info(out)
     print(f"bundle for {device.name}: {info['arch']}, apache-tvm {info['apache-tvm']} runtime, tvm-ffi "
           f"{info['apache-tvm-ffi']}, {info['size_mb']:.1f} MB → {out}")
-    print(f"  on the board: python3 {out.name}/board_server.py --host 0.0.0.0 --port 9090 "
-          f"[--tracker HOST:PORT --key KEY]")
+    print(f"  on the board: python3 {out.name}/board_server.py --port 9090 "
+          f"[--tracker HOST:PORT --key KEY] (listens on 127.0.0.1; reach it with rpc.tunnel: true)")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from latbench.devices import get_device
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tracker", default=None, metavar="HOST:PORT",
                    help="tracker address as the board sees it (default: the YAML's rpc.host:rpc.port)")
     s.add_argument("--bundle", default=None, help="use this bundle directory (default: built and cached)")
+    s.add_argument("--bind", default=None, metavar="ADDR",
+                   help="address the board's server listens on (default: rpc.bind, else 127.0.0.1; another address "
+                        "exposes unauthenticated TVM RPC and prints a warning)")
     s.set_defaults(func=run_start)
     t = dsub.add_parser("stop", help="stop the board's RPC server (its whole process group)")
     t.add_argument("name")
@@ -69,8 +73,11 @@ def run_start(args: argparse.Namespace) -> int:
     device, host = _open(args.name)
     bundle = Path(args.bundle) if args.bundle else cached_bundle(device)
     bundle_info(bundle)
+    if device.rpc.tunnel and device.rpc.mode == "tracker":
+        with host:
+            return _serve_tunnelled(device, host, bundle, args.bind)
     with host:
-        info = start_server(device, host, bundle, tracker=args.tracker)
+        info = start_server(device, host, bundle, tracker=args.tracker, bind=args.bind)
     rpc = device.rpc
     where = (f"registered with tracker {args.tracker or rpc.address} as '{rpc.key}'" if rpc.mode == "tracker"
              else f"listening on port {info['port']}")
@@ -84,3 +91,39 @@ def run_stop(args: argparse.Namespace) -> int:
         was = stop_server(device, host)
     print(f"{device.name}: RPC server {'stopped' if was else 'was not running'} on {host.name}")
     return 0
+
+
+def _serve_tunnelled(device, host, bundle: Path, bind: str | None) -> int:
+    """Tracker mode through SSH: the board registers with the loopback tracker over a reverse forward and is
+    reached over a local one; both live on this command's SSH connection, so it stays in the foreground
+    (Ctrl-C or SIGTERM stops the board's server and the forwards)."""
+    from latbench.boards.tunnel import LocalForward, ReverseForward
+
+    rpc = device.rpc
+    transport = host.client.get_transport()
+    reverse = ReverseForward(transport, rpc.host, rpc.port, rpc.connect_timeout)
+    local = LocalForward(transport, None, timeout=rpc.connect_timeout)
+    try:
+        info = start_server(device, host, bundle, tracker=f"127.0.0.1:{reverse.port}", bind=bind,
+                            advertise_port=local.port)
+        local.remote_port = info["port"]
+        print(f"{device.name}: RPC server started on {host.name} (pid {info['pid']}), registered with tracker "
+              f"{rpc.address} as '{rpc.key}' through SSH (reached at 127.0.0.1:{local.port}); log {info['log']}. "
+              "Ctrl-C stops it.", flush=True)
+        try:
+            while transport.is_active():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        if not transport.is_active():
+            print(f"latbench: error: the SSH link to {host.name} dropped; the board's server is unreachable",
+                  file=sys.stderr)
+            return 3
+        return 0
+    finally:
+        local.close()
+        reverse.close()
+        try:
+            stop_server(device, host)
+        except Exception:  # the link is gone: the board server's tracker link is gone with it
+            pass

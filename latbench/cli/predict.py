@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input resolution of --net-config networks (default: the predictor's deployment resolution)")
     p.add_argument("--breakdown", action="store_true", help="also print each op's predicted latency")
     p.add_argument("--json", action="store_true", help='print {"latency_ms": ...} (a list for several archs)')
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="predict ops far outside what an xgb predictor was fitted on (resolution, width, op shapes) "
+                        "with a warning, instead of refusing")
     p.set_defaults(func=run)
 
 
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution or pred.deployment_space().resolution
     items = [("arch", path, Arch.load(path)) for path in args.arch]
     items += [("net_config", path, load_net_config(path, resolution)) for path in args.net_config]
+    if args.allow_extrapolation:
+        for p in (pred, getattr(pred, "fallback", None)):
+            if p is not None and "allow_extrapolation" in p.get_params(deep=False):
+                p.set_params(allow_extrapolation=True)
     results = []
     for field, path, net in items:
         ops = net.op_specs

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from latbench.errors import LatbenchError
-from latbench.runners.tracker import LocalTracker, format_summary, pid_file_default, stop_pid, tracker_summary
+from latbench.runners.tracker import (LocalTracker, format_summary, is_our_tracker, is_running, pid_file_default,
+                                     stop_pid, tracker_summary)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="tracker_cmd", metavar="ACTION", required=True)
 
     s = tsub.add_parser("start", help="start a tracker (foreground; Ctrl-C stops it)")
-    s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; boards reach it through an "
+                        "SSH tunnel, rpc.tunnel: true). Another address exposes unauthenticated TVM RPC: a warning "
+                        "says so")
     s.add_argument("--port", type=int, default=9190, help="port (default: 9190)")
     s.add_argument("--background", action="store_true",
                    help="detach and record the PID in --pid-file (stop with `latbench tracker stop`)")
@@ -77,7 +81,13 @@ def run_stop(args: argparse.Namespace) -> int:
     if not pid_file.exists():
         raise LatbenchError(f"no PID file {pid_file}; was the tracker started with `latbench tracker start "
                             f"--background --port {args.port}`?")
-    pid = int(pid_file.read_text().split()[0])
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (ValueError, IndexError, OSError):
+        raise LatbenchError(f"PID file {pid_file} does not hold a PID; remove it") from None
+    if is_running(pid) and not is_our_tracker(pid):
+        raise LatbenchError(f"PID file {pid_file} names process {pid}, which is not a latbench RPC tracker "
+                            f"(the tracker exited and the PID was reused?); not killing it — remove {pid_file}")
     running = stop_pid(pid)
     pid_file.unlink()
     print(f"tracker (pid {pid}) {'stopped' if running else 'was not running'}")

@@ -183,7 +183,7 @@ def build_bundle(device: Device, out: str | Path, python_version: str = "3.11") 
         "format": 1, "arch": arch, "device": device.name, "cuda": cuda, **versions(),
         "python": python_version if arch != platform.machine() else platform.python_version(),
         "size_mb": round(size / 2**20, 2), "sha256": digest.hexdigest(), "files": files,
-        "usage": {"server": "python3 board_server.py --host 0.0.0.0 --port 9090 [--tracker HOST:PORT --key KEY]",
+        "usage": {"server": "python3 board_server.py --port 9090 [--host 127.0.0.1] [--tracker HOST:PORT --key KEY]",
                   "timer": "python3 runtime_timer.py ARTIFACT_DIR --out results.jsonl"},
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=1))

@@ -47,6 +47,21 @@ def port_is_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+#: Addresses that only this machine can reach.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def warn_exposed(what: str, address: str) -> None:
+    """The one warning line when a server latbench starts listens beyond this machine's loopback."""
+    log.warning("%s listens on %s: TVM RPC is unauthenticated — anyone who reaches it can register fake servers, "
+                "feed bogus timings or run code; bind 127.0.0.1 and use an SSH tunnel (rpc.tunnel: true) "
+                "unless this network is trusted", what, address)
+
+
 def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a process started with ``start_new_session=True`` and every child it forked."""
     # SIGKILL after SIGTERM: forked children (TVM's per-session worker) may outlive the leader
@@ -128,6 +143,8 @@ class ProcessGroupServer:
             self.stop()
             raise
         log.info("%s up on %s (pid %d)", self.label, self.address, self.proc.pid)
+        if not is_loopback(self.host):
+            warn_exposed(f"the {self.label}", self.address)
         return self
 
     def _wait_ready(self) -> None:

@@ -130,7 +130,8 @@ def connect_direct(host: str, port: int, session_timeout: float, timeout: float)
     if not port_is_open(host, port, min(timeout, 5.0)):
         raise DeviceError(
             f"no TVM RPC server at {host}:{port}; start one on the device "
-            f"(python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}, or `latbench device start`)"
+            f"(`latbench device start`, or python -m tvm.exec.rpc_server --port {port} there; a board's server "
+            f"listening on its 127.0.0.1 is reached with rpc.tunnel: true)"
         )
     try:
         return call_with_timeout(lambda: tvm.rpc.connect(host, port, session_timeout=int(session_timeout)),
@@ -178,8 +179,8 @@ def check_reachable(device: Device) -> None:
         if not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
             raise DeviceError(
                 f"no TVM RPC server at {rpc.host}:{rpc.port} for device {device.name!r}; start the board's server "
-                f"(`latbench device start {device.name}`, or python -m tvm.exec.rpc_server --host 0.0.0.0 "
-                f"--port {rpc.port} on the board)")
+                f"(`latbench device start {device.name}`, or python -m tvm.exec.rpc_server --port {rpc.port} on the "
+                f"board; with rpc.tunnel: true latbench reaches its 127.0.0.1 through SSH)")
     elif not port_is_open(rpc.host, rpc.port, min(rpc.connect_timeout, 5.0)):
         raise DeviceError(
             f"no RPC tracker at {rpc.host}:{rpc.port} for device {device.name!r} (key {rpc.key!r}); start one with "

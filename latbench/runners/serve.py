@@ -13,8 +13,6 @@ import sys
 import threading
 import time
 
-import tvm_ffi
-
 from latbench.board import conditions
 
 
@@ -28,6 +26,8 @@ def _watch(parent: int) -> None:
 def main() -> None:
     parent = int(sys.argv[1])
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    import tvm_ffi  # after the watchdog: importing takes seconds on a loaded machine, a window for orphans
+
     # the server's sessions (forked children) inherit this global function: clients read conditions through it
     tvm_ffi.register_global_func(conditions.RPC_FUNCTION, lambda: conditions.read_json(), override=True)
     sys.argv = ["tvm.exec.rpc_server", *sys.argv[2:]]

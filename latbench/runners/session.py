@@ -11,12 +11,12 @@ from latbench.artifacts import Artifact
 from latbench.devices import Device
 from latbench.errors import DeviceError
 from latbench.runners.base import OnResult, Prober, Session, Visit
+from latbench.runners.process import LOOPBACK
 from latbench.runners.rpc import (LocalRPCServer, RPCSession, RPCTimeout, connect_direct, connect_tracker_session,
                                   first_line, is_link_error)
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Session lifetime with a server latbench started itself (TVM ends sessions older than their timeout).
 LOCAL_SESSION_S = 24 * 3600
 

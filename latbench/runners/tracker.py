@@ -130,6 +130,28 @@ def pid_file_default(port: int) -> Path:
     return default_cache_dir() / f"tracker-{port}.pid"
 
 
+def is_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def is_our_tracker(pid: int) -> bool:
+    """Whether process ``pid`` is a TVM RPC tracker (``python -m tvm.exec.rpc_tracker``, as LocalTracker starts
+    it) leading its own process group — so a stale PID file never makes us kill someone else's processes."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        leads = os.getpgid(pid) == pid
+    except OSError:
+        return False
+    return leads and b"tvm.exec.rpc_tracker" in argv
+
+
 def stop_pid(pid: int, grace: float = 5.0) -> bool:
     """Stop a background tracker started by latbench (its own process group). True if it was running."""
     try:
