@@ -5,8 +5,9 @@ untuned MBConv block runs ~3x slower than PyTorch eager. The rules here turn eac
 the ``zero`` pipeline produces into a parallel, vectorised register-tiled loop nest, without any
 tuning (see ``../shared/notes/tvm-tuning.md``):
 
-* BN is rewritten into element-wise ops (``DecomposeOpsForInference``) and every element-wise
-  op (BN, ReLU6, residual add, bias) is inlined into the epilogue that follows the conv tile;
+* BN after a conv is folded into its constant weights and a bias (``FoldBatchnormToConv2D``; any
+  other BN becomes element-wise ops), and every element-wise op (bias, ReLU6, residual add) is
+  inlined into the epilogue that follows the conv tile;
 * **conv** (1x1, depthwise k×k with stride, the stem 3x3/2): ``F_tile × X_tile`` register tile of
   output channels × output columns, vectorised along the columns (contiguous in NCHW), reduction
   loops outside the tile, the outer loops fused and parallel;
@@ -38,7 +39,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 3
+RULES_VERSION = 4
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -409,10 +410,13 @@ def relayout_pointwise(mod: Any, lanes: int) -> tuple[Any, int]:
 
 
 def prepare(mod: Any, target: Any) -> Any:
-    """1×1 weights relaid out for the target's vectors; BN → element-wise ops; then legalize and
-    fuse with the ``zero`` pipeline (under the target)."""
+    """BN folded into the constant conv weights and a bias (as ONNX Runtime does; the epilogue is
+    then one add, not subtract/divide/multiply/add); 1×1 weights relaid out for the target's
+    vectors; any BN left → element-wise ops; then legalize and fuse with the ``zero`` pipeline."""
     from tvm import relax
 
+    mod = relax.transform.FoldBatchnormToConv2D()(mod)
+    mod = relax.transform.FoldConstant()(mod)
     if target.kind.name == "llvm":
         mod, _ = relayout_pointwise(mod, vector_lanes(target))
     mod = relax.transform.DecomposeOpsForInference()(mod)
