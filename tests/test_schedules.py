@@ -149,6 +149,25 @@ def test_224_ops_match_pytorch(op):
         assert set(_pointwise_rules(notes)) == {"pointwise-channels"}, notes["rules"]
 
 
+@pytest.mark.parametrize("key", ["expanded_conv-input:28x28x40-output:28x28x40-expand:3-kernel:3-stride:1-idskip:1",
+                                 "Conv_1-input:1x1x240-output:1x1x1280"])
+def test_avx2_target_gets_8_lane_rules_that_match_pytorch(key):
+    """An x86 target without AVX-512 (znver3: AVX2, runs on this CPU too) gets the 8-lane rules."""
+    op = OpSpec.parse(key)
+    (mod, notes), tgt = lower(op, {"kind": "llvm", "mcpu": "znver3"})
+    assert notes["vector_lanes"] == 8 and notes["fallbacks"] == []
+    want = "pointwise-flat" if op.in_w == 28 else "pointwise-channels"
+    assert want in _pointwise_rules(notes), notes["rules"]
+    for rule in notes["rules"].values():  # the vector is 8 lanes: pixels (flat) or channels
+        if rule.startswith("pointwise-flat"):
+            assert rule.endswith("x8"), rule
+        elif rule.startswith("pointwise-channels"):
+            assert rule.split()[1].startswith("8x"), rule
+    _, x, _, ref = exported(op)
+    y = relax.VirtualMachine(tvm.compile(mod, target=tgt), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * max(float(np.abs(ref).max()), 1.0))
+
+
 def test_a_failing_pointwise_rule_falls_back_to_the_conv_rule_with_a_note(monkeypatch):
     import latbench.backends.tvm_schedules as rules
 
