@@ -1,216 +1,421 @@
-"""Benchmark: per-op latency of the space at 224 under several runtimes on this CPU.
+"""Benchmark: ops and whole networks of the space under several runtimes on this CPU, interleaved.
 
-Each backend runs in a process of its own (thread pools of TVM and PyTorch never overlap), with
-``TVM_NUM_THREADS`` / ``torch.set_num_threads`` set to ``--threads``:
+Each backend runs in a worker process of its own (thread pools of TVM, PyTorch and ONNX Runtime
+never overlap), with ``TVM_NUM_THREADS`` / ``torch.set_num_threads`` / ONNX Runtime's intra-op
+threads set to ``--threads``. Every worker first builds (or loads from its cache) and checks every
+item against PyTorch, then the coordinator asks for one timed *visit* per (backend, item) per round,
+all visits of a round in one shuffled order, so a burst of load from other processes hits every
+backend alike. A visit is the median of 5 repeats of >= 20 ms; an item's figure is the median over
+the rounds, its spread (max-min)/median over the rounds is printed too.
 
 * ``tvm``          latbench's schedule rules (no tuning)
-* ``tvm-untuned``  TVM's default pipeline
-* ``tvm-tuned``    MetaSchedule with ``--trials`` per op, on every ``--tuned-every``-th op (tuning is slow)
+* ``onnxruntime``  ONNX Runtime CPU provider on the op exported with ``torch.onnx``
 * ``torch``        PyTorch eager, ``inference_mode``
+* ``tvm-untuned``  TVM's default pipeline; ``tvm-tuned`` MetaSchedule, ``--trials`` per op, on every
+  ``--tuned-every``-th op only (no networks: tuning is slow)
+* ``tvm@1``        (with ``--speedup N``) the ``tvm`` code on 1 thread, on the N largest ops (FLOPs)
 
-TVM libraries are timed with the Relax VM's time evaluator (repeat 15, min 40 ms per repeat),
-PyTorch with the same statistics (median over 15 repeats of >= 40 ms each). Every TVM output is
-compared with PyTorch's. Prints a table, the goal ratios (``tvm``/``torch``: median <= 0.5, every
-op <= 1.0), tuning time per op and the Spearman rank correlations between backends.
+Items: the space's distinct ops at ``--resolution``/``--width-mult`` (72 at 224, 1.0), ``--nets``
+random networks of the space (seeded) plus a MobileNetV2-style net (every layer ``3x3_MBConv6``).
+Roofline: a FMA-throughput probe (``torch.mm`` 1024², ``--threads`` threads) and a stream probe
+(``torch.add`` on 64 MiB arrays, 3 streams) run before and after; each item gets achieved GFLOP/s
+(2·MACs/time) and GB/s (compulsory fp32 traffic: input + output + weights, intermediates assumed
+on chip) and their share of the probes' best.
 
-    .venv/bin/python benchmarks/backends.py                      # all 72 ops, ~15-60 min
-    .venv/bin/python benchmarks/backends.py --limit 8 --backends tvm,torch
+    .venv/bin/python benchmarks/backends.py --backends tvm,onnxruntime,torch --speedup 12   # ~20-40 min
+    .venv/bin/python benchmarks/backends.py --every 8 --nets 2 --rounds 2 --backends tvm,onnxruntime
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-REPEAT, MIN_REPEAT_MS = 15, 40
+VISIT_REPEAT, VISIT_MIN_MS = 5, 20
 
 
-def time_torch(module, x) -> tuple[float, float]:
-    """(median, min) ms of one call over REPEAT repeats of >= MIN_REPEAT_MS each (as TVM's evaluator)."""
-    import torch
+# -- items ----------------------------------------------------------------------------------------
+def op_cost(op: Any) -> tuple[float, float]:
+    """(MACs, compulsory fp32 bytes: input + output + weights) of one op."""
+    hi, wi, ho, wo = op.in_h, op.in_w, op.out_h, op.out_w
+    if op.kind == "expanded_conv":
+        mid = op.mid_ch
+        macs = (hi * wi * op.in_ch * mid if op.expand > 1 else 0) + ho * wo * mid * op.kernel ** 2 \
+            + ho * wo * mid * op.out_ch
+        weights = (op.in_ch * mid if op.expand > 1 else 0) + mid * op.kernel ** 2 + mid * op.out_ch
+    elif op.kind == "Conv":
+        macs = ho * wo * op.out_ch * op.in_ch * 9
+        weights = op.out_ch * op.in_ch * 9
+    elif op.kind == "Conv_1":
+        macs = ho * wo * op.in_ch * op.out_ch
+        weights = op.in_ch * op.out_ch
+    else:  # Logits
+        macs = hi * wi * op.in_ch + op.in_ch * op.out_ch
+        weights = op.in_ch * op.out_ch
+    out = op.out_ch if op.kind == "Logits" else ho * wo * op.out_ch
+    return float(macs), 4.0 * (hi * wi * op.in_ch + out + weights)
 
-    with torch.inference_mode():
-        for _ in range(3):
-            module(x)
-        t0 = time.perf_counter()
-        module(x)
-        single = max(time.perf_counter() - t0, 1e-6)
-        number = max(1, int(MIN_REPEAT_MS / 1e3 / single) + 1)
+
+def make_items(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from latbench.space import Space
+
+    space = Space(args.resolution, args.width_mult)
+    items = []
+    for op in space.distinct_ops()[:: args.every][: args.limit]:
+        macs, nbytes = op_cost(op)
+        items.append({"key": op.key, "what": "ops", "macs": macs, "bytes": nbytes,
+                      "kind": "pointwise" if op.kind == "Conv_1" else op.kind})
+    rng = random.Random(args.seed)
+    archs = [(f"net{i:02d}", space.sample(rng)) for i in range(args.nets)]
+    archs.append(("mbv2-3x3_MBConv6", space.arch(
+        [layer.candidates[0] if layer.index == 0 else "3x3_MBConv6" for layer in space.layers])))
+    for name, arch in archs if args.nets >= 0 else []:
+        costs = [op_cost(op) for op in arch.op_specs]
+        items.append({"key": name, "what": "nets", "arch": arch.to_dict(), "arch_key": arch.key,
+                      "macs": sum(c[0] for c in costs), "bytes": sum(c[1] for c in costs), "kind": "net"})
+    return items
+
+
+def module_and_input(item: dict[str, Any]) -> tuple[Any, Any]:
+    from latbench.jobs import Job
+
+    return Job(item["key"], item["what"], item.get("arch")).module_and_input()
+
+
+# -- workers --------------------------------------------------------------------------------------
+def visit_stats(runs: list[float]) -> dict[str, float]:
+    return {"ms": statistics.median(runs), "min_ms": min(runs)}
+
+
+def host_timer(fn: Any) -> Any:
+    """A visit of a host callable: VISIT_REPEAT repeats of >= VISIT_MIN_MS each."""
+    for _ in range(2):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    number = max(1, int(VISIT_MIN_MS / 1e3 / max(time.perf_counter() - t0, 1e-6)) + 1)
+
+    def visit() -> dict[str, float]:
         runs = []
-        for _ in range(REPEAT):
+        for _ in range(VISIT_REPEAT):
             t0 = time.perf_counter()
             for _ in range(number):
-                module(x)
+                fn()
             runs.append((time.perf_counter() - t0) / number * 1e3)
-    return statistics.median(runs), min(runs)
+        return visit_stats(runs)
+
+    return visit
 
 
-def worker(backend: str, keys: list[str], threads: int, trials: int, out: Path) -> None:
-    """Build and time every op with one backend; write a JSON list of rows."""
+def load_host(backend: str, item: dict, workdir: Path, threads: int) -> tuple[Any, dict]:
+    import numpy as np
     import torch
 
-    from latbench.modules import build_op_module, example_input
-    from latbench.ops import OpSpec
+    from latbench.backends.base import get_backend
 
+    m, x = module_and_input(item)
+    with torch.inference_mode():
+        ref = m(x).numpy()
+    workdir.mkdir(parents=True, exist_ok=True)
+    fn = get_backend(backend).make_callable(m, x, workdir, threads)
+    err = float(np.abs(np.asarray(fn()) - ref).max())
+    return host_timer(fn), {"max_abs_err": err}
+
+
+def load_tvm(backend: str, item: dict, cache: Path, trials: int) -> tuple[Any, dict]:
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax
+
+    from latbench.backends.base import get_backend
+    from latbench.devices import get_device
+
+    be = get_backend(backend, **({"trials_per_op": trials} if backend == "tvm-tuned" else {}))
+    device = get_device("local-cpu")
+    m, x = module_and_input(item)
+    ident = json.dumps([backend, be.settings(), device.resolved_target(), item.get("arch_key", item["key"]),
+                        tvm.__version__], sort_keys=True, default=str)
+    lib = cache / f"{backend}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.so"
+    notes: dict[str, Any] = {"cached": lib.exists()}
+    t0 = time.perf_counter()
+    if not lib.exists():
+        built = be.build(m, x, device, lib)
+        notes["fallbacks"] = len(built.get("fallbacks", []))
+        notes["generic_conv"] = len(built.get("generic_conv", []))
+    notes["build_s"] = round(time.perf_counter() - t0, 2)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
+    xt = tvm.runtime.tensor(x.numpy(), dev)
+    with torch.no_grad():
+        notes["max_abs_err"] = float(np.abs(vm["main"](xt).numpy() - m(x).numpy()).max())
+    evaluator = vm.time_evaluator("main", dev, number=1, repeat=VISIT_REPEAT, min_repeat_ms=VISIT_MIN_MS)
+
+    def visit() -> dict[str, float]:
+        r = evaluator(xt)
+        return visit_stats([v * 1e3 for v in r.results])
+
+    return visit, notes
+
+
+def probe() -> dict[str, float]:
+    """Peak FMA throughput (GFLOP/s, sgemm 1024²) and stream bandwidth (GB/s, c = a + b on 64 MiB)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = min(_best_of(lambda: torch.mm(a, b), 15))
+    x, y, z = (torch.empty(16 << 20) for _ in range(3))
+    x.normal_(), y.normal_()
+    bw = min(_best_of(lambda: torch.add(x, y, out=z), 15))
+    return {"peak_gflops": 2 * 1024 ** 3 / best / 1e9, "stream_gbs": 3 * 4 * (16 << 20) / bw / 1e9}
+
+
+def _best_of(fn: Any, n: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def worker(backend: str, items: list[dict], threads: int, trials: int, cache: Path) -> None:
+    """Load every item, report, then answer one visit per line read from stdin (a key)."""
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
-    rows = []
-    if backend == "torch":
-        for key in keys:
-            op = OpSpec.parse(key)
-            m, x = build_op_module(op), example_input(op.input_shape, op.key)
-            med, best = time_torch(m, x)
-            rows.append({"key": key, "backend": backend, "median_ms": med, "min_ms": best})
-            print(f"  torch {rows[-1]['median_ms']:.3f} ms  {key}", flush=True)
-    else:
-        import numpy as np
-        import tvm
-        from tvm import relax
-
-        from latbench.backends.base import get_backend
-        from latbench.devices import get_device
-
-        params = {"trials_per_op": trials} if backend == "tvm-tuned" else {}
-        be = get_backend(backend, **params)
-        device = get_device("local-cpu")
-        tmp = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-"))
-        for i, key in enumerate(keys):
-            op = OpSpec.parse(key)
-            m, x = build_op_module(op), example_input(op.input_shape, op.key)
-            lib = tmp / f"op{i}.so"
-            t0 = time.perf_counter()
-            try:
-                notes = be.build(m, x, device, lib)
-            except Exception as exc:  # noqa: BLE001 - record and go on
-                rows.append({"key": key, "backend": backend, "error": str(exc).splitlines()[-1][:200]})
-                print(f"  {backend} FAILED {key}: {rows[-1]['error']}", flush=True)
-                continue
-            build_s = time.perf_counter() - t0
-            dev = tvm.cpu()
-            vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
-            xt = tvm.runtime.tensor(x.numpy(), dev)
-            with torch.no_grad():
-                err = float(np.abs(vm["main"](xt).numpy() - m(x).numpy()).max())
-            r = vm.time_evaluator("main", dev, number=1, repeat=REPEAT, min_repeat_ms=MIN_REPEAT_MS)(xt)
-            rows.append({"key": key, "backend": backend, "median_ms": r.median * 1e3,
-                         "min_ms": min(r.results) * 1e3, "build_s": build_s,
-                         "tune_s": notes.get("tune_s", 0.0), "max_abs_err": err,
-                         "fallbacks": len(notes.get("fallbacks", []))})
-            print(f"  {backend} {rows[-1]['median_ms']:.3f} ms (build {build_s:.1f}s, err {err:.1e})  {key}",
-                  flush=True)
-    out.write_text(json.dumps(rows))
+    out, sys.stdout = sys.stdout, sys.stderr  # only protocol lines on the real stdout
+    visits, notes = {}, {}
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-"))
+    for i, item in enumerate(items):
+        t0 = time.perf_counter()
+        try:
+            if backend in ("torch", "onnxruntime", "torch-compile"):
+                visits[item["key"]], notes[item["key"]] = load_host(backend, item, work / f"i{i}", threads)
+            else:
+                visits[item["key"]], notes[item["key"]] = load_tvm(backend, item, cache, trials)
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            notes[item["key"]] = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]}
+        print(f"  [{backend}] {i + 1}/{len(items)} {time.perf_counter() - t0:5.1f}s {item['key'][:70]} "
+              f"{notes[item['key']]}", file=sys.stderr, flush=True)
+    out.write(json.dumps({"ready": notes}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        key = line.strip()
+        if key == "probe":
+            res: dict[str, Any] = probe()
+        else:
+            res = visits[key]() if key in visits else {"error": "not loaded"}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    from scipy.stats import spearmanr
+class Worker:
+    def __init__(self, name: str, backend: str, items: list[dict], threads: int, args: argparse.Namespace,
+                 td: Path) -> None:
+        self.name, self.items = name, items
+        (td / f"{name}.json").write_text(json.dumps(items))
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", backend, "--items", str(td / f"{name}.json"),
+             "--threads", str(threads), "--trials", str(args.trials), "--cache", str(args.cache)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.notes: dict[str, Any] = {}
 
-    return float(spearmanr(a, b).statistic)
+    def wait_ready(self) -> None:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            raise SystemExit(f"worker {self.name} died while loading (rc {self.proc.wait()})")
+        self.notes = json.loads(line)["ready"]
+
+    def ask(self, key: str) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker {self.name} died (rc {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
+# -- coordinator ----------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--width-mult", type=float, default=1.0)
-    ap.add_argument("--backends", default="tvm,tvm-untuned,torch,tvm-tuned")
+    ap.add_argument("--backends", default="tvm,onnxruntime,torch")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one visit per backend and item)")
+    ap.add_argument("--nets", type=int, default=10, help="random networks (+ the MobileNetV2-style net); -1: none")
+    ap.add_argument("--seed", type=int, default=15, help="seed of the random networks")
+    ap.add_argument("--speedup", type=int, default=12, help="time the N largest ops on 1 thread too (0: off)")
     ap.add_argument("--trials", type=int, default=16, help="tvm-tuned trial budget per op")
     ap.add_argument("--tuned-every", type=int, default=6, help="tune every N-th op only (tuning is slow)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N ops")
     ap.add_argument("--every", type=int, default=1, help="only every N-th op (a quick spread over the space)")
-    ap.add_argument("--json", type=Path, default=None, help="also write all rows to this file")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="built TVM libraries (default $LATBENCH_CACHE/bench-backends)")
+    ap.add_argument("--json", type=Path, default=None, help="also write all visits and results to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--keys", type=Path, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--items", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cache is None:
+        args.cache = Path(os.environ.get("LATBENCH_CACHE", Path.home() / ".cache" / "latbench")) / "bench-backends"
     if args.worker:
-        worker(args.worker, json.loads(args.keys.read_text()), args.threads, args.trials, args.out)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        worker(args.worker, json.loads(args.items.read_text()), args.threads, args.trials, args.cache)
         return 0
 
-    from latbench.space import Space
+    from latbench.facts import host_facts
 
-    keys = [op.key for op in Space(args.resolution, args.width_mult).distinct_ops()][:: args.every][: args.limit]
+    items = make_items(args)
+    ops = [it for it in items if it["what"] == "ops"]
     backends = [b for b in args.backends.split(",") if b]
-    env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    rows: dict[str, dict[str, dict]] = {}
-    wall: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as td:
-        for be in backends:
-            sel = keys[:: args.tuned_every] if be == "tvm-tuned" else keys
-            kf, of = Path(td) / f"{be}.keys.json", Path(td) / f"{be}.out.json"
-            kf.write_text(json.dumps(sel))
-            print(f"[{be}] {len(sel)} ops, {args.threads} threads", flush=True)
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--worker", be, "--keys", str(kf), "--out", str(of),
-                            "--threads", str(args.threads), "--trials", str(args.trials)], env=env, check=True)
-            wall[be] = time.perf_counter() - t0
-            rows[be] = {r["key"]: r for r in json.loads(of.read_text())}
+    plan: dict[str, tuple[str, list[dict], int]] = {}
+    for be in backends:
+        sel = ops[:: args.tuned_every] if be == "tvm-tuned" else items
+        plan[be] = (be, sel, args.threads)
+    if args.speedup and "tvm" in backends:
+        largest = sorted(ops, key=lambda it: -it["macs"])[: args.speedup]
+        plan["tvm@1"] = ("tvm", largest, 1)
+    print(f"{len(ops)} ops + {len(items) - len(ops)} nets; workers {list(plan)}; {args.threads} threads; "
+          f"{args.rounds} rounds; visit = median of {VISIT_REPEAT} x >= {VISIT_MIN_MS} ms", flush=True)
+    t_start = time.perf_counter()
+    visits: dict[str, dict[str, list[dict]]] = {w: {} for w in plan}
+    probes: list[dict] = []
+    with tempfile.TemporaryDirectory() as tdir:
+        workers = {w: Worker(w, be, sel, thr, args, Path(tdir)) for w, (be, sel, thr) in plan.items()}
+        try:
+            for w in workers.values():
+                w.wait_ready()
+            t_loaded = time.perf_counter()
+            host = workers.get("torch") or workers.get("onnxruntime") or next(iter(workers.values()))
+            probes.append(host.ask("probe"))
+            for r in range(args.rounds):
+                order = [(w, it["key"]) for w, wk in workers.items() for it in wk.items
+                         if "error" not in wk.notes.get(it["key"], {})]
+                random.Random(1000 + r).shuffle(order)
+                for w, key in order:
+                    visits[w].setdefault(key, []).append(workers[w].ask(key))
+                print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+            probes.append(host.ask("probe"))
+        finally:
+            for w in workers.values():
+                w.close()
+        notes = {w: wk.notes for w, wk in workers.items()}
+    facts = host_facts()
+    result = summarise(items, list(plan), visits, notes, probes)
+    result.update(args={k: str(v) for k, v in vars(args).items()}, machine=facts, load_avg=os.getloadavg(),
+                  load_s=round(t_loaded - t_start, 1), total_s=round(time.perf_counter() - t_start, 1))
+    print(f"\nmachine: {facts.get('cpu_model')} ({facts.get('llvm_cpu')}), {facts.get('cpu_count')} cpus, "
+          f"load avg {result['load_avg'][0]:.1f}/{result['load_avg'][1]:.1f}/{result['load_avg'][2]:.1f} at the end; "
+          f"loading {result['load_s']:.0f} s, total {result['total_s']:.0f} s")
+    report(items, list(plan), result)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "wall_s": wall, "args": vars(args)}, default=str, indent=1))
-    report(keys, backends, rows, wall)
+        args.json.write_text(json.dumps({"result": result, "visits": visits, "notes": notes}, indent=1,
+                                        default=str))
     return 0
 
 
-def report(keys: list[str], backends: list[str], rows: dict, wall: dict) -> None:
-    """Print the per-op table, goal ratios, tuning times and rank correlations."""
-    def ms(be: str, key: str) -> float | None:
-        r = rows.get(be, {}).get(key)
-        return r.get("median_ms") if r else None
+def summarise(items: list[dict], workers: list[str], visits: dict, notes: dict, probes: list[dict]) -> dict:
+    med: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, float]] = {}
+    for w in workers:
+        med[w], spread[w] = {}, {}
+        for key, vs in visits[w].items():
+            ms = [v["ms"] for v in vs if "ms" in v]
+            if ms:
+                med[w][key] = statistics.median(ms)
+                spread[w][key] = (max(ms) - min(ms)) / med[w][key]
+    peak = max(p["peak_gflops"] for p in probes)
+    bw = max(p["stream_gbs"] for p in probes)
+    return {"median_ms": med, "spread": spread, "probes": probes, "peak_gflops": peak, "stream_gbs": bw,
+            "errors": {w: {k: n["error"] for k, n in notes[w].items() if "error" in n} for w in workers},
+            "max_abs_err": {w: max([n.get("max_abs_err", 0.0) for n in notes[w].values()] or [0.0])
+                            for w in workers}}
 
-    print("\nmedian latency per op (ms), threads as above")
-    print(f"{'op':<82}" + "".join(f"{b:>13}" for b in backends)
-          + ("  tvm/torch" if {"tvm", "torch"} <= set(backends) else ""))
-    ratios = []
-    for k in keys:
-        cells = "".join(f"{ms(b, k):>13.3f}" if ms(b, k) is not None else f"{'-':>13}" for b in backends)
+
+def _q(vals: list[float], q: float) -> float:
+    s = sorted(vals)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+def report(items: list[dict], workers: list[str], res: dict) -> None:
+    med, spread = res["median_ms"], res["spread"]
+    cols = [w for w in workers if w != "tvm@1"]
+    peak, bw = res["peak_gflops"], res["stream_gbs"]
+    probe_list = ", ".join(f"{p['peak_gflops']:.0f}/{p['stream_gbs']:.1f}" for p in res["probes"])
+    print(f"\nprobes: FMA peak {peak:.0f} GFLOP/s (sgemm 1024², best of before/after), stream {bw:.1f} GB/s "
+          f"({probe_list})")
+    ratio_cols = [b for b in ("onnxruntime", "torch") if b in cols and "tvm" in cols]
+    head = f"{'item':<80}" + "".join(f"{c:>12}" for c in cols) + "".join(f"  tvm/{b[:4]:<4}" for b in ratio_cols)
+    print("\nmedian over rounds (ms); roofline of tvm: GFLOP/s (% of peak), GB/s (% of stream)")
+    print(head + "   GFLOP/s        GB/s")
+    ratios: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for it in items:
+        k = it["key"]
+        cells = "".join(f"{med[c][k]:>12.3f}" if k in med.get(c, {}) else f"{'-':>12}" for c in cols)
         extra = ""
-        if ms("tvm", k) is not None and ms("torch", k):
-            ratios.append(ms("tvm", k) / ms("torch", k))
-            extra = f"  {ratios[-1]:9.2f}"
-        print(f"{k:<82}{cells}{extra}")
-    for b in backends:
-        vals = [ms(b, k) for k in keys if ms(b, k) is not None]
-        fails = sum(1 for r in rows.get(b, {}).values() if "error" in r)
-        errs = [r.get("max_abs_err", 0.0) for r in rows.get(b, {}).values() if "max_abs_err" in r]
-        extra = f", max abs err vs torch {max(errs):.1e}" if errs else ""
-        if vals:
-            print(f"{b:>12}: {len(vals)} ops, sum {sum(vals):8.2f} ms, median {statistics.median(vals):7.3f} ms, "
-                  f"failed {fails}, process wall {wall.get(b, 0):.0f} s{extra}")
-    mins = [rows["tvm"][k]["min_ms"] / rows["torch"][k]["min_ms"] for k in keys
-            if "min_ms" in rows.get("tvm", {}).get(k, {}) and "min_ms" in rows.get("torch", {}).get(k, {})]
-    if mins:
-        print(f"\ntvm/torch on the min over repeats (less sensitive to other load): median "
-              f"{statistics.median(mins):.2f}, max {max(mins):.2f}")
-    if ratios:
-        print(f"tvm/torch: median {statistics.median(ratios):.2f} (goal <= 0.5), max {max(ratios):.2f} "
-              f"(goal <= 1.0), ops over 1.0: {sum(r > 1.0 for r in ratios)}/{len(ratios)}")
-    for base in ("tvm-untuned", "tvm-tuned"):
-        common = [k for k in keys if ms("tvm", k) and ms(base, k)]
-        if common:
-            sp = [ms(base, k) / ms("tvm", k) for k in common]
-            print(f"{base}/tvm: median {statistics.median(sp):.2f} over {len(common)} ops")
-    tuned = rows.get("tvm-tuned", {})
-    if tuned:
-        ts = [r["tune_s"] for r in tuned.values() if "tune_s" in r]
-        if ts:
-            print(f"tvm-tuned tuning time per op: median {statistics.median(ts):.0f} s, max {max(ts):.0f} s, "
-                  f"total {sum(ts):.0f} s over {len(ts)} ops")
-    print("\nSpearman rank correlation of op latencies (common ops):")
-    for i, a in enumerate(backends):
-        for b in backends[i + 1:]:
-            common = [k for k in keys if ms(a, k) and ms(b, k)]
-            if len(common) >= 3:
-                rho = spearman([ms(a, k) for k in common], [ms(b, k) for k in common])
-                print(f"  {a:>12} vs {b:<12} rho = {rho:.3f}"
-                      f"  ({len(common)} ops)")
+        for b in ratio_cols:
+            if k in med["tvm"] and k in med[b]:
+                r = med["tvm"][k] / med[b][k]
+                ratios.setdefault((it["what"], b), []).append((r, k))
+                extra += f"  {r:9.2f}"
+            else:
+                extra += f"  {'-':>9}"
+        if k in med.get("tvm", {}):
+            t = med["tvm"][k] / 1e3
+            g, gb = 2 * it["macs"] / t / 1e9, it["bytes"] / t / 1e9
+            extra += f"  {g:6.1f} ({100 * g / peak:3.0f}%) {gb:6.1f} ({100 * gb / bw:3.0f}%)"
+        label = k if it["what"] == "ops" else f"{k} ({len(it['arch_key'])} chars key, {it['macs'] / 1e6:.0f} MMAC)"
+        print(f"{label[:80]:<80}{cells}{extra}")
+    print()
+    for (what, b), rs in sorted(ratios.items()):
+        vals = [r for r, _ in rs]
+        worst = max(rs)
+        over = sum(v > (1.3 if what == "ops" else 1.0) for v in vals)
+        print(f"tvm/{b} over {len(vals)} {what}: median {statistics.median(vals):.2f}, min {min(vals):.2f}, "
+              f"max {worst[0]:.2f} ({worst[1][:60]}), above {'1.3' if what == 'ops' else '1.0'}: {over}")
+    if "tvm@1" in med:
+        sp = [(med["tvm@1"][k] / med["tvm"][k], k) for k in med["tvm@1"] if k in med.get("tvm", {})]
+        if sp:
+            vals = [s for s, _ in sp]
+            print(f"1 -> {res['args']['threads']} threads speed-up of tvm on the {len(sp)} largest ops: median "
+                  f"{statistics.median(vals):.2f}, min {min(vals):.2f} ({min(sp)[1][:60]}), max {max(vals):.2f}")
+    for w in workers:
+        sp = list(spread.get(w, {}).values())
+        if sp:
+            print(f"noise {w:>12}: spread (max-min)/median over rounds per item: median {statistics.median(sp):.0%}, "
+                  f"p90 {_q(sp, 0.9):.0%}, max {max(sp):.0%}; max abs err vs torch {res['max_abs_err'][w]:.1e}; "
+                  f"failed {len(res['errors'][w])}")
+    for w, errs in res["errors"].items():
+        for k, e in list(errs.items())[:5]:
+            print(f"  {w} FAILED {k[:60]}: {e}")
 
 
 if __name__ == "__main__":

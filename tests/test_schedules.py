@@ -19,7 +19,14 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from latbench.backends.tvm import export_relax  # noqa: E402
-from latbench.backends.tvm_schedules import apply_rules, column_tile, prepare, row_tile, vector_lanes  # noqa: E402
+from latbench.backends.tvm_schedules import (  # noqa: E402
+    apply_rules,
+    channels_fill_better,
+    column_tile,
+    prepare,
+    row_tile,
+    vector_lanes,
+)
 from latbench.devices import device_from_dict, get_device  # noqa: E402
 from latbench.errors import LatbenchError  # noqa: E402
 from latbench.modules import build_op_module, example_input  # noqa: E402
@@ -104,21 +111,80 @@ SMALL = covering_ops(Space(32, 0.75))
 BIG = [op for op in Space(224, 1.0).distinct_ops()
        if op.kind in ("Conv", "Conv_1", "Logits") or (op.in_w == 112 and op.kernel == 7 and op.expand == 1)
        or (op.in_w == 112 and op.kernel == 7 and op.expand == 6)
-       or (op.in_w == 7 and op.kernel == 5 and op.expand == 6)]
+       or (op.in_w == 7 and op.kernel == 5 and op.expand == 6)
+       or (op.in_w == 28 and op.out_w == 28 and op.kernel == 3 and op.expand == 6)
+       or (op.in_w == 14 and op.out_w == 7 and op.kernel == 3 and op.expand == 3)]
 
 
 @pytest.mark.parametrize("op", SMALL, ids=lambda o: o.key)
 def test_patterns_match_pytorch_on_x86_and_build_for_aarch64(op):
     notes = check_x86(op)
     if op.kind == "expanded_conv":
-        assert all(r.startswith(("conv", "depthwise")) for r in notes["rules"].values()), notes["rules"]
+        assert all(r.startswith(("conv", "depthwise", "pointwise")) for r in notes["rules"].values()), notes["rules"]
         assert any(r.startswith("depthwise") for r in notes["rules"].values()), notes["rules"]
     check_aarch64(op)
 
 
+def test_channels_rule_only_where_rows_leave_lanes_idle():
+    assert channels_fill_better(7, 7, 320, 16) and channels_fill_better(2, 2, 24, 8)
+    assert channels_fill_better(2, 2, 24, 16) and channels_fill_better(1, 1, 72, 16)  # 32 px: 8 of 16 lanes
+    assert not channels_fill_better(28, 28, 240, 16)  # 784 = 49 x 16: the flat rule
+    assert not channels_fill_better(14, 14, 480, 16)  # a 14-column row fills 14/16 lanes
+    assert not channels_fill_better(7, 7, 6, 16)  # 6 channels fill no vector
+    assert not channels_fill_better(7, 7, 320, 4)  # NEON: 7 columns fill 7/8 of two vectors
+
+
+def _pointwise_rules(notes: dict) -> list[str]:
+    return sorted(r.split()[0] for r in notes["rules"].values() if not r.startswith("depthwise"))
+
+
 @pytest.mark.parametrize("op", BIG, ids=lambda o: o.key)
 def test_224_ops_match_pytorch(op):
-    check_x86(op)
+    notes = check_x86(op)
+    lanes = notes["vector_lanes"]
+    if op.kind == "expanded_conv" and (op.in_w * op.in_w) % lanes == 0 and (op.out_w * op.out_w) % lanes == 0:
+        # 112, 56 and 28 px: both 1x1 convs run on the flattened map
+        assert _pointwise_rules(notes) == ["pointwise-flat"] * (2 if op.expand > 1 else 1), notes["rules"]
+    if op.kind == "Conv_1" or (op.kind == "expanded_conv" and op.in_w == 7 and lanes == 16):
+        assert set(_pointwise_rules(notes)) == {"pointwise-channels"}, notes["rules"]
+
+
+@pytest.mark.parametrize("key", ["expanded_conv-input:28x28x40-output:28x28x40-expand:3-kernel:3-stride:1-idskip:1",
+                                 "Conv_1-input:1x1x240-output:1x1x1280"])
+def test_avx2_target_gets_8_lane_rules_that_match_pytorch(key):
+    """An x86 target without AVX-512 (znver3: AVX2, runs on this CPU too) gets the 8-lane rules."""
+    op = OpSpec.parse(key)
+    (mod, notes), tgt = lower(op, {"kind": "llvm", "mcpu": "znver3"})
+    assert notes["vector_lanes"] == 8 and notes["fallbacks"] == []
+    want = "pointwise-flat" if op.in_w == 28 else "pointwise-channels"
+    assert want in _pointwise_rules(notes), notes["rules"]
+    for rule in notes["rules"].values():  # the vector is 8 lanes: pixels (flat) or channels
+        if rule.startswith("pointwise-flat"):
+            assert rule.endswith("x8"), rule
+        elif rule.startswith("pointwise-channels"):
+            assert rule.split()[1].startswith("8x"), rule
+    _, x, _, ref = exported(op)
+    y = relax.VirtualMachine(tvm.compile(mod, target=tgt), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * max(float(np.abs(ref).max()), 1.0))
+
+
+def test_a_failing_pointwise_rule_falls_back_to_the_conv_rule_with_a_note(monkeypatch):
+    import latbench.backends.tvm_schedules as rules
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pointwise rule does not apply")
+
+    monkeypatch.setattr(rules, "_schedule_pointwise_flat", broken)
+    monkeypatch.setattr(rules, "_schedule_pointwise_channels", broken)
+    op = Space(32, 0.75).fixed_ops[1]  # Conv_1 at 1x1: channels rule (x86) -> generic conv rule
+    _, x, mod, ref = exported(op)
+    tgt = tvm.target.Target(X86)
+    lowered, notes = rules.apply_rules(prepare(mod, tgt), tgt)
+    assert notes["fallbacks"] == []
+    assert [f["error"] for f in notes["generic_conv"]] == ["pointwise rule does not apply"]
+    assert all(r.startswith("conv") for r in notes["rules"].values()), notes["rules"]
+    y = relax.VirtualMachine(tvm.compile(lowered, target=tgt), tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_a_failing_rule_falls_back_to_the_unscheduled_function(monkeypatch):

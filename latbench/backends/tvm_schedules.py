@@ -5,11 +5,18 @@ untuned MBConv block runs ~3x slower than PyTorch eager. The rules here turn eac
 the ``zero`` pipeline produces into a parallel, vectorised register-tiled loop nest, without any
 tuning (see ``../shared/notes/tvm-tuning.md``):
 
-* BN is rewritten into element-wise ops (``DecomposeOpsForInference``) and every element-wise
-  op (BN, ReLU6, residual add, bias) is inlined into the epilogue that follows the conv tile;
+* BN after a conv is folded into its constant weights and a bias (``FoldBatchnormToConv2D``; any
+  other BN becomes element-wise ops), and every element-wise op (bias, ReLU6, residual add) is
+  inlined into the epilogue that follows the conv tile;
 * **conv** (1x1, depthwise k×k with stride, the stem 3x3/2): ``F_tile × X_tile`` register tile of
   output channels × output columns, vectorised along the columns (contiguous in NCHW), reduction
   loops outside the tile, the outer loops fused and parallel;
+* **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
+  and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
+  ``F_tile × lanes`` pixels; when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
+  32 px) the weights are relaid out IHWO before legalization and the tile vectorises over output
+  channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
+  pointwise rule that does not apply falls back to the column tile (``notes["generic_conv"]``);
 * **padding** stays a separate, parallel block (inlining it puts ``if_then_else`` in the hot loop);
 * **dense** (the classifier): vectorised along the output features, parallel over feature tiles;
 * **pooling / other reductions**: parallel over the kept axes.
@@ -32,7 +39,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 2
+RULES_VERSION = 4
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -131,6 +138,84 @@ def _parallel_spatial(sch: Any, block: Any, lanes: int, vectorize: bool = True) 
         sch.vectorize(last)
 
 
+def _root_allocated(sch: Any, buf: Any) -> bool:
+    """Whether ``buf`` is an intermediate of the function (not one of its parameters)."""
+    return any(b.same_as(buf) for b in sch.get(sch.get_sblock("root")).alloc_buffers)
+
+
+def _pointwise_kind(sch: Any, conv: Any) -> str | None:
+    """``"nchw"`` / ``"ihwo"`` for a stride-1 1×1 conv (by its weight layout), ``None`` otherwise.
+
+    Stride 1 and no padding: the input map has the output's size. The weight layout is told by
+    its last index: the output channel (IHWO, see :func:`relayout_pointwise`) or a kernel tap (OIHW)."""
+    b = sch.get(conv)
+    n, f, y, x, rc, ry, rx = b.iter_vars
+    if int(ry.dom.extent) != 1 or int(rx.dom.extent) != 1 or int(rc.dom.extent) == 1 or len(b.reads) < 2:
+        return None
+    data, weight = (_buffer(r) for r in b.reads[-2:])
+    if [int(v) for v in data.shape[2:]] != [int(y.dom.extent), int(x.dom.extent)]:
+        return None
+    last = b.reads[-1].region[-1].min
+    return "ihwo" if last.same_as(f.var) else "nchw" if [int(v) for v in weight.shape[2:]] == [1, 1] else None
+
+
+def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int) -> str:
+    """1×1 stride-1 conv whose H·W is a multiple of the lanes: the contiguous H×W map is one axis,
+    a ``F_tile × lanes`` register tile (weights broadcast, pixels in the vector), so 28, 14 or 7
+    columns never leave lanes idle."""
+    _, f, y, x, *_ = sch.get_loops(conv)
+    width = _extent(sch, x)
+    consumers = sch.get_consumers(conv)
+    out = _buffer(sch.get(conv).writes[0])
+    if consumers and not _root_allocated(sch, out):
+        raise ValueError("pointwise conv writes a parameter that others read")
+    if consumers:
+        sch.transform_layout(conv, ("write", 0), lambda n, f, y, x: (n, f, y * width + x))
+    sch.transform_block_layout(conv, lambda n, f, y, x, rc, ry, rx: (n, f, y * width + x, rc, ry, rx))
+    for cons in consumers:
+        sch.transform_block_layout(cons, lambda n, f, y, x: (n, f, y * width + x))
+    n, f, p, *red = sch.get_loops(conv)
+    ft = row_tile(_extent(sch, f), budget)
+    po, pi = sch.split(p, [None, lanes])
+    fo, fi = sch.split(f, [None, ft])
+    sch.reorder(n, fo, po, *red, fi, pi)
+    outer = sch.fuse(n, fo, po)
+    sch.parallel(outer)
+    sch.vectorize(pi)
+    sch.unroll(fi)
+    for cons in consumers:
+        sch.reverse_compute_at(cons, outer)
+        sch.vectorize(sch.get_loops(cons)[-1])
+    sch.decompose_reduction(conv, red[0])
+    return f"pointwise-flat {ft}x{lanes}"
+
+
+def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int) -> str:
+    """1×1 stride-1 conv with IHWO weights (H·W not a multiple of the lanes): output channels in
+    the vector, a row of pixels (broadcast inputs) unrolled; the tile is kept pixel-major, so the
+    accumulators stay in registers, and the epilogue writes it back to NCHW."""
+    _, f, y, x, *_ = sch.get_loops(conv)
+    nf, width = _extent(sch, f), _extent(sch, x)
+    ft = lanes if nf % lanes == 0 else lanes // 2 if nf % (lanes // 2) == 0 else 0
+    if ft < 4:
+        raise ValueError(f"{nf} output channels are no multiple of a vector")
+    consumers = sch.get_consumers(conv)
+    if consumers and _root_allocated(sch, _buffer(sch.get(conv).writes[0])):
+        sch.transform_layout(conv, ("write", 0), lambda n, f, y, x: (n, y, x, f))
+    n, f, y, x, *red = sch.get_loops(conv)
+    xt = _divisors_desc(width, budget)[0]
+    xo, xi = sch.split(x, [None, xt])
+    fo, fi = sch.split(f, [None, ft])
+    sch.reorder(n, fo, y, xo, *red, xi, fi)
+    sch.parallel(sch.fuse(n, fo, y))
+    sch.vectorize(fi)
+    sch.unroll(xi)
+    for cons in consumers:
+        sch.reverse_compute_at(cons, xo)
+    sch.decompose_reduction(conv, red[0])
+    return f"pointwise-channels {ft}x{xt}"
+
+
 def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int) -> str:
     n, f, y, x, *red = sch.get_loops(conv)
     if len(red) != 3:
@@ -190,11 +275,12 @@ def _schedule_pool(sch: Any, red: Any) -> str:
     return "pool"
 
 
-def schedule_primfunc(func: Any, target: Any) -> tuple[Any, str]:
+def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tuple[Any, str]:
     """Apply latbench's rules to one PrimFunc; returns the scheduled function and the rule used.
 
-    Raises whatever TVM raises when a rule does not apply; :func:`apply_rules` then keeps the
-    unscheduled function.
+    ``use_pointwise=False`` schedules 1×1 convs with the generic conv rule (what
+    :func:`apply_rules` retries when a pointwise rule does not apply). Raises whatever TVM raises
+    when a rule does not apply; :func:`apply_rules` then keeps the unscheduled function.
     """
     from tvm import s_tir
 
@@ -209,7 +295,14 @@ def schedule_primfunc(func: Any, target: Any) -> tuple[Any, str]:
             n_spatial = sum(int(iv.iter_type) == 0 for iv in b.iter_vars)
             n_red = len(b.iter_vars) - n_spatial
             if n_spatial == 4 and n_red == 3:
-                rules.append(_schedule_conv(sch, block, lanes, budget))
+                kind = _pointwise_kind(sch, block) if use_pointwise else None
+                height_width = _extent(sch, sch.get_loops(block)[2]) * _extent(sch, sch.get_loops(block)[3])
+                if kind == "ihwo":
+                    rules.append(_schedule_pointwise_channels(sch, block, lanes, budget))
+                elif kind == "nchw" and height_width % lanes == 0:
+                    rules.append(_schedule_pointwise_flat(sch, block, lanes, budget))
+                else:
+                    rules.append(_schedule_conv(sch, block, lanes, budget))
             elif n_spatial == 2 and n_red == 1 and len(b.reads) == 2:
                 rules.append(_schedule_dense(sch, block, lanes))
             else:
@@ -233,6 +326,11 @@ def is_scheduled(func: Any) -> bool:
     return attrs is not None and "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])
 
 
+def _last_line(exc: Exception) -> str:
+    msg = str(exc).strip().splitlines()
+    return (msg[-1] if msg else type(exc).__name__)[:300]
+
+
 def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     """Schedule every PrimFunc of a legalized, fused Relax module; returns it and notes."""
     import tvm
@@ -243,10 +341,14 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
             continue
         name = gv.name_hint
         try:
-            new, rule = schedule_primfunc(func, target)
+            try:
+                new, rule = schedule_primfunc(func, target)
+            except Exception as exc:  # noqa: BLE001 - a pointwise rule did not apply: the generic conv rule
+                new, rule = schedule_primfunc(func, target, use_pointwise=False)
+                notes.setdefault("generic_conv", []).append({"func": name, "error": _last_line(exc)})
+                log.info("pointwise rule failed for %s, using the generic conv rule: %s", name, exc)
         except Exception as exc:  # noqa: BLE001 - any TVM error means "rule does not apply"
-            msg = str(exc).strip().splitlines()
-            notes["fallbacks"].append({"func": name, "error": (msg[-1] if msg else type(exc).__name__)[:300]})
+            notes["fallbacks"].append({"func": name, "error": _last_line(exc)})
             log.warning("schedule rule failed for %s, using the unscheduled function: %s", name, exc)
             continue
         new = new.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
@@ -255,10 +357,68 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     return mod, notes
 
 
-def prepare(mod: Any, target: Any) -> Any:
-    """BN → element-wise ops, then legalize and fuse with the ``zero`` pipeline (under the target)."""
+def channels_fill_better(height: int, width: int, channels: int, lanes: int) -> bool:
+    """Whether a stride-1 1×1 conv on an ``height × width`` map with ``channels`` outputs should
+    vectorise over output channels: H·W is no multiple of the lanes (the flat rule needs that) and
+    a row fills under 3/4 of its vectors (7 or 2 columns in 16 lanes; 14 columns fill 14/16 and keep
+    the column rule), while the channels fill whole vectors (or half vectors of >= 4 lanes)."""
+    if (height * width) % lanes == 0:
+        return False
+    row_fill = width / (lanes * -(-width // lanes))
+    half = max(4, lanes // 2)
+    return row_fill < 0.75 and (channels % lanes == 0 or channels % half == 0)
+
+
+def relayout_pointwise(mod: Any, lanes: int) -> tuple[Any, int]:
+    """Give the constant weights of the stride-1 1×1 convs that :func:`channels_fill_better` picks
+    (the 7×7 maps at 224 px; 2×2 and 1×1 at 32 px) the IHWO layout, so output channels are
+    contiguous and fill the vector (:func:`_schedule_pointwise_channels`). Returns the module and
+    how many convs changed."""
+    import tvm
     from tvm import relax
 
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class _Relayout(relax.PyExprMutator):  # type: ignore[misc]
+        count = 0
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if call.op != conv2d or not isinstance(call.args[1], tvm.ir.expr.Constant):
+                return call
+            a, shape = call.attrs, call.args[0].ty.shape
+            weight = call.args[1].value.numpy()
+            pointwise = weight.ndim == 4 and weight.shape[2:] == (1, 1) and int(a.groups) == 1
+            stride1 = [int(v) for v in a.strides] == [1, 1] and not any(int(v) for v in a.padding)
+            if not (pointwise and stride1 and a.data_layout == "NCHW" and a.kernel_layout == "OIHW"
+                    and a.out_layout == "NCHW" and len(shape) == 4):
+                return call
+            if not channels_fill_better(int(shape[2]), int(shape[3]), weight.shape[0], lanes):
+                return call
+            self.count += 1
+            return relax.op.nn.conv2d(call.args[0], relax.const(weight.transpose(1, 2, 3, 0).copy()),
+                                      strides=a.strides, padding=a.padding, dilation=a.dilation, groups=1,
+                                      data_layout="NCHW", kernel_layout="IHWO", out_layout="NCHW",
+                                      out_dtype=a.out_dtype)
+
+    mutator = _Relayout(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = mutator.visit_expr(func)
+    return mod, mutator.count
+
+
+def prepare(mod: Any, target: Any) -> Any:
+    """BN folded into the constant conv weights and a bias (as ONNX Runtime does; the epilogue is
+    then one add, not subtract/divide/multiply/add); 1×1 weights relaid out for the target's
+    vectors; any BN left → element-wise ops; then legalize and fuse with the ``zero`` pipeline."""
+    from tvm import relax
+
+    mod = relax.transform.FoldBatchnormToConv2D()(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    if target.kind.name == "llvm":
+        mod, _ = relayout_pointwise(mod, vector_lanes(target))
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
     with target:
