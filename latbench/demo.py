@@ -1,7 +1,8 @@
 """The whole pipeline on one device, as the README's first command runs it (``latbench demo``).
 
 profile the space → fit LUT and xgboost predictors → evaluate them on measured networks → a short
-ProxylessNAS search with the LUT → measure the network it found → HTML report. Everything goes
+ProxylessNAS search with the LUT → a short retraining of the network it found (its test accuracy)
+→ measure that network → HTML report. Everything goes
 under one output folder; a second run reuses the artifact cache and the tables (nothing is
 re-measured) and retrains only the short search.
 """
@@ -23,15 +24,19 @@ from latbench.tables import ok_rows, read_table, table_path
 from predictors import GBDTPredictor, LUTPredictor, load_predictor, save_predictor
 from predictors.evaluate import evaluate_predictor, format_metrics, interleave, sample_archs
 from search.run import main as search_main
+from search.train import main as train_main
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: str | None = None,
              resolution: int = 224, n_eval: int = 10, n_calibrate: int = 3, n_sample_ops: int = 40,
-             search_epochs: int = 3, search_batches: int = 30, cache: str | Path | None = None,
+             search_epochs: int = 3, search_batches: int = 30, retrain_batches: int = 300,
+             cache: str | Path | None = None,
              say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every step and return (and write to ``OUT/summary.json``) a summary of each result."""
+    """Run every step and return (and write to ``OUT/summary.json``) a summary of each result.
+
+    ``retrain_batches`` weight steps (one epoch) retrain the found network from scratch; 0 skips it."""
 
     out = Path(out)
     data = out / "data"
@@ -41,10 +46,11 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
     summary: dict[str, Any] = {"device": device.name, "backend": be.name, "resolution": resolution, "steps": {}}
     space = Space(resolution=resolution)
     t_all = time.perf_counter()
+    n_steps = 7 if retrain_batches else 6
 
     def step(name: str) -> Callable[[dict[str, Any]], None]:
         t0 = time.perf_counter()
-        say(f"[{len(summary['steps']) + 1}/6] {name} …")
+        say(f"[{len(summary['steps']) + 1}/{n_steps}] {name} …")
 
         def done(result: dict[str, Any]) -> None:
             result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -105,10 +111,24 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
         raise RuntimeError(f"search failed with exit code {code}")
     arch = Arch.load(search_out / "arch.json")
     predicted = float(load_predictor(out / "lut.pkl").predict(arch))
-    done({"arch": arch.to_dict(), "predicted_ms": predicted, "out": str(search_out)})
+    found = json.loads((search_out / "summary.json").read_text())
+    done({"arch": arch.to_dict(), "predicted_ms": predicted, "out": str(search_out),
+          "supernet_test_acc": found.get("test_acc")})
     say(f"    found {search_out / 'arch.json'}: predicted {predicted:.2f} ms")
 
-    # 5. measure the network the search found
+    # 5. retrain the found network (the supernet's accuracy after a short search says little about it)
+    if retrain_batches:
+        done = step("retrain found network")
+        retrain_out = search_out / "retrain"
+        code = train_main(["--arch", str(search_out / "arch.json"), "--out", str(retrain_out), "--epochs", "1",
+                           "--train-batches", str(retrain_batches), "--val-batches", "10", "--test-batches", "0"])
+        if code:
+            raise RuntimeError(f"retraining failed with exit code {code}")
+        trained = json.loads((retrain_out / "summary.json").read_text())
+        done({"test_acc": trained["test_acc"], "out": str(retrain_out), "steps": retrain_batches})
+        say(f"    retrained {retrain_batches} steps: test accuracy {trained['test_acc']:.3f} ({trained['data']})")
+
+    # 6. measure the network the search found
     done = step("measure found network")
     row = measure_archs([arch], device, data, be, cache=cache, progress=True)
     measured = float(row["median_ms"].iloc[0]) if len(row) and row["status"].iloc[0] == "ok" else float("nan")
@@ -116,7 +136,7 @@ def run_demo(out: str | Path = "runs/demo", target: str = "local-cpu", backend: 
           "error_pct": 100 * (predicted - measured) / measured if measured == measured else None})
     say(f"    measured {measured:.2f} ms vs predicted {predicted:.2f} ms")
 
-    # 6. report
+    # 7. report
     done = step("report")
     try:
         from latbench.report import build_report  # lazy: imports matplotlib

@@ -308,6 +308,11 @@ def section_search(found: Found) -> str:
     for p, df in found.search_logs:
         title = f"search run {p.parent.name}/{p.name}"
         parts.append(_img(trajectories(df, title, _step_column(df)), title))
+        per_epoch = [c for c in ("epoch", "phase", "val_acc", "expected_latency_ms", "derived_latency_ms",
+                                 "alpha_entropy") if c in df.columns]
+        if "alpha_entropy" in per_epoch:  # a search log: how α settled and what the derived net costs, per epoch
+            parts.append("<p>Per epoch: α entropy (nats, mean over layers) and the derived (argmax) net's "
+                         "predicted latency.</p>" + _table_html(df[per_epoch]))
         last = df.tail(1)
         parts.append(_table_html(last[[c for c in last.columns if pd.api.types.is_numeric_dtype(last[c])
                                        and last[c].notna().any()]]))

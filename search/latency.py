@@ -73,9 +73,14 @@ class LatencyModel:
 
         ``temperature`` 1 is the paper's E[LAT]; a smaller one tends to the latency of the argmax
         network, the one the search returns."""
-        total = torch.tensor(self.fixed, device=alphas[0].device)
-        for a, lat in zip(alphas, self.tables):
-            total = total + (torch.softmax(a / temperature, 0) * lat.to(a.device)).sum()
+        return self.expected_from_probs([torch.softmax(a / temperature, 0) for a in alphas])
+
+    def expected_from_probs(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """fixed + Σ_l p_l · lat_l for given per-layer probabilities (e.g. a two-path step's
+        probabilities over the sampled pair only, zero elsewhere)."""
+        total = torch.tensor(self.fixed, device=probs[0].device)
+        for p, lat in zip(probs, self.tables):
+            total = total + (p * lat.to(p.device)).sum()
         return total
 
     def of_choices(self, choices: Sequence[int]) -> float:

@@ -2,7 +2,11 @@
 
 * ``paper``      CE + λ2·E[LAT]   (λ1‖w‖² is the weight optimizer's weight decay)
 * ``add#linear`` CE + λ·(E[LAT] − T)/T                     (official code; λ = 0.1)
-* ``mul#log``    CE · α · (log E[LAT] / log T)^β           (official code; α = 0.2, β = 0.3)
+* ``mul#log``    CE · α · (log E[LAT] / log T)^β           (official code; α = 0.2, β = 0.3), with the
+  logs taken in a unit ``u`` below every latency the search can see: ``log(E/u) / log(T/u)``. The
+  official formula is ``u`` = 1 ms, and that is what is used whenever the fastest network and T are
+  above 1 ms; below (fast devices, small resolutions) the official form is NaN (log E < 0 under a
+  fractional power), so :func:`mul_log_unit` picks a smaller ``u`` and the loss stays finite.
 * ``add#abs``    CE + λ·|E[LAT] − T|/T  — ours, not in the paper: a two-sided penalty that steers
   E[LAT] to the target T instead of only pushing latency down.
 * ``none``       CE only (latency ignored).
@@ -32,16 +36,23 @@ def check_form(form: str, target: float | None) -> None:
     if form in NEEDS_TARGET:
         if target is None:
             raise ConfigError(f"latency loss {form} needs --target-latency T (ms)")
-        if form == "mul#log" and target <= 1.0:
-            raise ConfigError("mul#log divides by log T: --target-latency must be > 1 ms "
-                              "(use add#linear or add#abs for sub-millisecond targets)")
     if target is not None and target <= 0:
         raise ConfigError(f"--target-latency must be > 0 ms, got {target}")
 
 
+def mul_log_unit(fastest_ms: float, target: float) -> float:
+    """The unit (ms) of mul#log's logs: 1 ms (the official code) when the fastest network and the
+    target are both above 1 ms, else half the smaller of them, so every log is positive."""
+    low = min(fastest_ms, target)
+    return 1.0 if low > 1.0 else low / 2.0
+
+
 def latency_loss(ce: torch.Tensor, expected: torch.Tensor, form: str = "paper", lam: float | None = None,
-                 target: float | None = None, mul_alpha: float = 0.2, mul_beta: float = 0.3) -> torch.Tensor:
-    """The architecture objective from cross-entropy ``ce`` and expected latency ``expected`` (ms)."""
+                 target: float | None = None, mul_alpha: float = 0.2, mul_beta: float = 0.3,
+                 mul_unit: float = 1.0) -> torch.Tensor:
+    """The architecture objective from cross-entropy ``ce`` and expected latency ``expected`` (ms).
+
+    ``mul_unit``: the unit of mul#log's logs (:func:`mul_log_unit`; 1 ms = the official formula)."""
     check_form(form, target)
     lam = DEFAULT_LAMBDA[form] if lam is None else lam
     if form == "none":
@@ -52,7 +63,9 @@ def latency_loss(ce: torch.Tensor, expected: torch.Tensor, form: str = "paper", 
         return ce + lam * (expected - target) / target
     if form == "add#abs":
         return ce + lam * (expected - target).abs() / target
-    return mul_alpha * ce * (expected.log() / math.log(target)) ** mul_beta
+    assert target is not None
+    ratio = (expected / mul_unit).log() / math.log(target / mul_unit)
+    return mul_alpha * ce * ratio.clamp_min(1e-6) ** mul_beta
 
 
 def reinforce_reward(acc: float, latency: float, target: float, w: float = 0.1) -> float:

@@ -2,17 +2,30 @@
 
 The candidates are the very :class:`~latbench.modules.MBConv` blocks that are measured, built
 with the layer's shapes (the identity shortcut included where shapes allow); ``zero`` is the
-identity (the layer is skipped). Three ways to run the layer:
+identity (the layer is skipped). α starts as N(0, 1e-3) (the official ``init_arch_params``), so an
+untouched layer's argmax is not always candidate 0. Ways to run the layer:
 
 * **one path** (weight steps, REINFORCE, evaluation): only ``ops[active]`` runs; the other
   candidates are never called, so their activations never exist (memory O(1) in candidates).
-* **two paths** (the paper's binary-gate architecture step): two candidates are sampled, one of
-  them is active. The layer returns the active output exactly, but carries the gate gradient
-  ``∂L/∂g_j = <∂L/∂y, y_j>`` into α through ``∂p_j/∂α_i = p_j(δ_ij − p_i)`` with ``p`` the
-  softmax over the two sampled α. The unsampled path's output is computed without a graph.
+* **two paths** (binarize ``two``, the paper's binary-gate architecture step): two candidates are
+  sampled, one of them is active. The layer returns the active output exactly, but carries the gate
+  gradient ``∂L/∂g_j = <∂L/∂y, y_j>`` into α through ``∂p_j/∂α_i = p_j(δ_ij − p_i)`` with ``p`` the
+  softmax over the two sampled α; :meth:`current_probs` (the official ``current_prob_over_ops``) is
+  that pair softmax and zero elsewhere, so the latency term too only touches the pair, and
+  :meth:`rescale` keeps every other path's probability fixed.
+* **full_v2** (the official default mode): the forward runs the active path only; the backward
+  computes the gate gradient of *every* candidate (each run once, without a graph, inside the
+  backward) and α's gradient over the full softmax. Weights get no gradient in this mode (it is for
+  architecture steps; the input's gradient flows through the active path).
 * **all paths** (DARTS-style ``Σ_j p_j·op_j(x)``): only for comparison in the memory benchmark.
+
+:meth:`MixedOp.align_init` (used by the supernet by default) initialises the candidates of a layer
+so that they compute the same function at the start (see its docstring): without it the supernet
+does not learn in short runs.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +33,9 @@ from torch import nn
 
 from latbench.modules import MBConv
 from latbench.space import ZERO, Layer, parse_candidate
+
+BINARIZE_MODES = ("two", "full_v2")
+ALPHA_INIT_STD = 1e-3  # official: arch_init_type 'normal', arch_init_ratio 1e-3
 
 
 def make_candidate(layer: Layer, name: str) -> nn.Module:
@@ -30,26 +46,103 @@ def make_candidate(layer: Layer, name: str) -> nn.Module:
     return MBConv(layer.in_ch, layer.out_ch, kernel, expand, layer.stride)
 
 
+class _FullV2Gate(torch.autograd.Function):
+    """Forward: the active candidate's output. Backward: the input's gradient through the active
+    path, and α's gradient from the binary-gate gradients of every candidate."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, mixed: MixedOp) -> torch.Tensor:
+        ctx.mixed = mixed
+        xd = x.detach().requires_grad_(x.requires_grad)
+        with torch.enable_grad():
+            out = mixed.ops[mixed.active](xd)
+        ctx.save_for_backward(xd, out, alpha)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None]:
+        xd, out, alpha = ctx.saved_tensors
+        mixed: MixedOp = ctx.mixed
+        grad_x = None
+        if xd.requires_grad:
+            (grad_x,) = torch.autograd.grad(out, xd, grad_out, allow_unused=False)
+        with torch.no_grad():
+            gates = torch.zeros_like(alpha)
+            for k, op in enumerate(mixed.ops):
+                y = out if k == mixed.active else op(xd.detach())
+                gates[k] = (y * grad_out).sum()
+            p = F.softmax(alpha.detach(), 0)
+            grad_alpha = p * (gates - (p * gates).sum())  # Σ_j g_j p_j(δ_ij − p_i)
+        return grad_x, grad_alpha, None
+
+
 class MixedOp(nn.Module):
     """All candidates of one searchable layer and their architecture parameters ``alpha``."""
 
-    def __init__(self, layer: Layer) -> None:
+    def __init__(self, layer: Layer, alpha_std: float = ALPHA_INIT_STD) -> None:
         super().__init__()
         self.index = layer.index
         self.candidates: tuple[str, ...] = tuple(layer.candidates)
         self.ops = nn.ModuleList([make_candidate(layer, c) for c in self.candidates])
-        self.alpha = nn.Parameter(torch.zeros(len(self.candidates)))
+        self.alpha = nn.Parameter(torch.randn(len(self.candidates)) * alpha_std)
         self.active: int = 0
         #: ``(active, other)`` during a two-path architecture step, else ``()``.
         self.involved: tuple[int, ...] = ()
+        self.full_v2 = False
         self.all_paths = False
         self._alpha_before: torch.Tensor | None = None
+
+    # -- initialisation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def align_init(self) -> None:
+        """Make every candidate compute the same function at initialisation (ours, not the official
+        code): the smallest MBConv (3×3, lowest expand) is the base; every other MBConv gets the
+        base's expand rows, the base's 3×3 depthwise kernel zero-padded to k×k on the base's channels
+        and the base's projection, with zero projection weights on its extra channels; the last BN of
+        a candidate with the identity shortcut starts at γ = 0, so it, like ``zero``, is the identity.
+
+        Why: with independently initialised candidates every sampled path sees other, unrelated
+        features in every layer and a short supernet training stays at chance (train loss above
+        ln 10). Started equal, the candidates diverge only by what each one learns. The extra taps and
+        channels still receive gradients, so every candidate can become different."""
+        mb = [(op, *parse_candidate(c)) for op, c in zip(self.ops, self.candidates) if isinstance(op, MBConv)]
+        for op, _, _ in mb:
+            if op.residual:
+                nn.init.zeros_(op.project[1].weight)
+        if len(mb) < 2:
+            return
+        e0 = min(e for _, _, e in mb)
+        base = min((t for t in mb if t[2] == e0), key=lambda t: t[1])[0]
+        bw = base.depthwise[0].weight
+        mid0, bk = bw.shape[0], bw.shape[-1]
+        for op, k, _ in mb:
+            if op is base or k < bk:
+                continue
+            if isinstance(op.expand, nn.Sequential) and isinstance(base.expand, nn.Sequential):
+                op.expand[0].weight[:mid0] = base.expand[0].weight
+            dw = op.depthwise[0].weight
+            off = (k - bk) // 2
+            dw[:mid0] = 0
+            dw[:mid0, :, off:off + bk, off:off + bk] = bw
+            op.project[0].weight[:, :mid0] = base.project[0].weight
+            op.project[0].weight[:, mid0:] = 0
 
     # -- distribution --------------------------------------------------------------------------
     @property
     def probs(self) -> torch.Tensor:
         """Path probabilities ``softmax(alpha)`` (differentiable)."""
         return F.softmax(self.alpha, dim=0)
+
+    def current_probs(self, temperature: float = 1.0) -> torch.Tensor:
+        """The probabilities the latency term uses now (official ``current_prob_over_ops``): in a
+        two-path step the softmax over the two sampled α (zero elsewhere), otherwise the full
+        softmax; both under ``α / temperature``. Differentiable in α."""
+        if not self.involved:
+            return F.softmax(self.alpha / temperature, dim=0)
+        idx = list(self.involved)
+        pair = F.softmax(self.alpha[idx] / temperature, dim=0)
+        out = torch.zeros_like(self.alpha)
+        return out.index_put((torch.tensor(idx, device=self.alpha.device),), pair)
 
     def entropy(self) -> float:
         """Entropy (nats) of the path distribution."""
@@ -63,7 +156,7 @@ class MixedOp(nn.Module):
     # -- binarization --------------------------------------------------------------------------
     def set_active(self, index: int) -> None:
         """Run only candidate ``index`` from now on."""
-        self.active, self.involved, self.all_paths = int(index), (), False
+        self.active, self.involved, self.all_paths, self.full_v2 = int(index), (), False, False
 
     def sample(self, gen: torch.Generator | None = None) -> int:
         """Binarize: draw one path from ``p`` and make it the only one that runs."""
@@ -77,11 +170,16 @@ class MixedOp(nn.Module):
         two = torch.multinomial(self.probs.detach().cpu(), 2, replacement=False, generator=gen)
         pair = F.softmax(self.alpha.detach().cpu()[two], dim=0)
         k = int(torch.multinomial(pair, 1, generator=gen))
-        self.active = int(two[k])
+        self.set_active(int(two[k]))
         self.involved = (int(two[k]), int(two[1 - k]))
-        self.all_paths = False
         self._alpha_before = self.alpha.detach()[list(self.involved)].clone()
         return self.involved  # type: ignore[return-value]
+
+    def sample_full_v2(self, gen: torch.Generator | None = None) -> int:
+        """Draw the active path from ``p`` for a full_v2 architecture step."""
+        idx = self.sample(gen)
+        self.full_v2 = True
+        return idx
 
     @torch.no_grad()
     def rescale(self) -> None:
@@ -94,11 +192,18 @@ class MixedOp(nn.Module):
         self.alpha[idx] -= offset
         self._alpha_before = None
 
+    def end_arch_step(self) -> None:
+        """Back to one-path mode after an architecture step."""
+        self.involved, self.full_v2, self._alpha_before = (), False, None
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.all_paths:
             p = self.probs
             return sum(p[j] * op(x) for j, op in enumerate(self.ops))
+        if self.full_v2:
+            out: torch.Tensor = _FullV2Gate.apply(x, self.alpha, self)
+            return out
         if not self.involved:
             return self.ops[self.active](x)
         a, b = self.involved

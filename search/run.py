@@ -40,6 +40,10 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
                    help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
     p.add_argument("--mode", choices=("gradient", "reinforce"), default="gradient",
                    help="architecture update: binary-gate gradient (default) or REINFORCE")
+    p.add_argument("--binarize", choices=("two", "full_v2"), default="two",
+                   help="gradient mode's architecture step: two = two sampled paths per layer, rescaled; "
+                        "full_v2 = the active path forward, every candidate's gate gradient backward "
+                        "(the official default). Default two (see search/README.md)")
     p.add_argument("--latency-loss", choices=LOSS_FORMS, default=None,
                    help="objective: paper = CE + λ2·E[LAT]; add#linear = CE + λ(E−T)/T; mul#log = "
                         "CE·α·(log E/log T)^β; add#abs = CE + λ|E−T|/T (ours; steers E[LAT] to T). "
@@ -61,11 +65,19 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     p.add_argument("--test-batches", type=int, default=50,
                    help="test batches for the final accuracy (default 50; 0 = the whole test split)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.025, help="weight learning rate (cosine schedule)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="weight learning rate, cosine schedule (default: the official 0.025 per 256 images, "
+                        "scaled to --batch-size)")
     p.add_argument("--weight-decay", type=float, default=4e-5, help="λ1 of the paper's λ1‖w‖²")
     p.add_argument("--arch-lr", type=float, default=1e-3, help="Adam learning rate of α (default 1e-3)")
     p.add_argument("--arch-every", type=int, default=5, help="an architecture step every N weight steps (default 5)")
     p.add_argument("--rl-samples", type=int, default=10, help="REINFORCE: nets sampled per step (default 10)")
+    p.add_argument("--rl-baseline", choices=("official", "ema"), default="official",
+                   help="REINFORCE baseline: official = update b first, then advantages R-b; ema = advantages "
+                        "with the old b, then b = 0.99 b + 0.01 mean(R)")
+    p.add_argument("--independent-init", action="store_true",
+                   help="initialise every candidate independently (default: the candidates of a layer start "
+                        "as one function, without which short supernet trainings stay at chance)")
     p.add_argument("--rl-tradeoff", type=float, default=0.1, help="REINFORCE: w in acc·(T/LAT)^w (default 0.1)")
     p.add_argument("--resolution", type=int, default=None,
                    help="training image size (default 28 for Fashion-MNIST, 32 for --data)")
@@ -117,7 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     predictor = load_predictor_file(args.predictor)
     resolution = args.resolution or (28 if args.data is None else 32)
     config = SearchConfig(
-        mode=args.mode, latency_loss=args.latency_loss, lambda2=args.lambda2, target_latency=args.target_latency,
+        mode=args.mode, binarize=args.binarize, rl_baseline=args.rl_baseline,
+        align_init=not args.independent_init, latency_loss=args.latency_loss, lambda2=args.lambda2,
+        target_latency=args.target_latency,
         latency_temperature=args.latency_temperature, mul_alpha=args.mul_alpha, mul_beta=args.mul_beta,
         epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches or None,

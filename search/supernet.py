@@ -9,21 +9,27 @@ from torch import nn
 from latbench.errors import ConfigError
 from latbench.modules import Classifier, conv_bn
 from latbench.space import Arch, Space
-from search.mixed_op import MixedOp
+from search.mixed_op import ALPHA_INIT_STD, BINARIZE_MODES, MixedOp
 
 
 class Supernet(nn.Module):
     """Every architecture of ``space`` at once; the fixed layers are built like
     :class:`latbench.modules.Network`'s, the searchable ones as :class:`MixedOp`.
 
-    ``space.in_channels`` sets the stem's input channels (1 for grey-scale training data)."""
+    ``space.in_channels`` sets the stem's input channels (1 for grey-scale training data).
+    ``align_init`` (default) starts every layer's candidates as the same function
+    (:meth:`MixedOp.align_init`); α start as N(0, ``alpha_std``²)."""
 
-    def __init__(self, space: Space, dropout: float = 0.0) -> None:
+    def __init__(self, space: Space, dropout: float = 0.0, align_init: bool = True,
+                 alpha_std: float = ALPHA_INIT_STD) -> None:
         super().__init__()
         self.space = space
         stem, mix, logits = space.fixed_ops
         self.stem = conv_bn(stem.in_ch, stem.out_ch, 3, stem.stride)
-        self.layers = nn.ModuleList([MixedOp(layer) for layer in space.layers])
+        self.layers = nn.ModuleList([MixedOp(layer, alpha_std) for layer in space.layers])
+        if align_init:
+            for m in self.layers:
+                m.align_init()
         self.feature_mix = conv_bn(mix.in_ch, mix.out_ch, 1, 1)
         self.classifier = Classifier(logits.in_ch, logits.out_ch, dropout)
 
@@ -54,9 +60,27 @@ class Supernet(nn.Module):
         for m in self.layers:
             m.sample_two(gen)
 
+    def sample_arch(self, binarize: str, gen: torch.Generator | None = None) -> None:
+        """Prepare an architecture step: ``two`` samples two paths per layer, ``full_v2`` one."""
+        if binarize not in BINARIZE_MODES:
+            raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_MODES)}")
+        for m in self.layers:
+            if binarize == "two":
+                m.sample_two(gen)
+            else:
+                m.sample_full_v2(gen)
+
+    def current_probs(self, temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per layer, the probabilities the latency term uses now (see :meth:`MixedOp.current_probs`)."""
+        return [m.current_probs(temperature) for m in self.layers]
+
     def rescale(self) -> None:
         for m in self.layers:
             m.rescale()
+
+    def end_arch_step(self) -> None:
+        for m in self.layers:
+            m.end_arch_step()
 
     def set_choices(self, choices: Sequence[int]) -> None:
         """Run exactly these candidate indices (one per layer)."""

@@ -26,15 +26,20 @@ from latbench.errors import ConfigError, LatbenchError
 from latbench.space import Arch, Space
 from search.data import Dataset, Split
 from search.latency import LatencyModel, LatencyPredictor
-from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, reinforce_reward
+from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, mul_log_unit, reinforce_reward
+from search.mixed_op import BINARIZE_MODES
 from search.supernet import Supernet
 
 log = logging.getLogger(__name__)
 
 MODES = ("gradient", "reinforce")
+#: REINFORCE baselines: ``official`` updates b ← b + decay·(R̄ − b) first, then takes R − b (the
+#: official code); ``ema`` takes R − b with the old b, then b ← decay·b + (1 − decay)·R̄ (ours before).
+RL_BASELINES = ("official", "ema")
 CHECKPOINT_FORMAT = "latbench-search-checkpoint-1"
 #: Settings a resumed run must share with its checkpoint (others, e.g. ``epochs``, may change).
-RESUME_MUST_MATCH = ("mode", "resolution", "batch_size", "seed", "latency_loss", "target_latency", "lambda2")
+RESUME_MUST_MATCH = ("mode", "binarize", "resolution", "batch_size", "seed", "latency_loss", "target_latency",
+                     "lambda2")
 LOG_FIELDS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_acc", "expected_latency_ms",
               "derived_latency_ms", "alpha_entropy", "arch_steps", "arch_loss", "reward", "baseline",
               "seconds", "arch")
@@ -45,6 +50,7 @@ class SearchConfig:
     """Every setting of a search (defaults follow the official code where it has one)."""
 
     mode: str = "gradient"
+    binarize: str = "two"  # 'two' or 'full_v2' (gradient mode's architecture step)
     latency_loss: str | None = None  # None: 'mul#log' with a target latency, else 'paper'
     lambda2: float | None = None  # None: the form's default (see search.losses.DEFAULT_LAMBDA)
     target_latency: float | None = None  # ms, at the predictor's deployment resolution
@@ -58,7 +64,7 @@ class SearchConfig:
     test_batches: int | None = None  # final test of the derived net; None = whole test split
     bn_calib_batches: int = 10  # recompute BN statistics of the derived net before evaluating it
     batch_size: int = 64
-    lr: float = 0.025
+    lr: float | None = None  # None: the official 0.025 per 256 images, scaled to batch_size
     momentum: float = 0.9
     weight_decay: float = 4e-5
     arch_lr: float = 1e-3
@@ -66,6 +72,8 @@ class SearchConfig:
     rl_samples: int = 10
     rl_tradeoff: float = 0.1
     rl_baseline_decay: float = 0.99
+    rl_baseline: str = "official"
+    align_init: bool = True  # start every layer's candidates as one function (MixedOp.align_init)
     resolution: int = 28
     seed: int = 0
     device: str = "cpu"
@@ -73,6 +81,10 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose gradient or reinforce")
+        if self.binarize not in BINARIZE_MODES:
+            raise ConfigError(f"unknown --binarize {self.binarize!r}; choose one of {', '.join(BINARIZE_MODES)}")
+        if self.rl_baseline not in RL_BASELINES:
+            raise ConfigError(f"unknown --rl-baseline {self.rl_baseline!r}; choose one of {', '.join(RL_BASELINES)}")
         if self.latency_loss is None:
             self.latency_loss = "mul#log" if self.target_latency is not None else "paper"
         check_form(self.latency_loss, self.target_latency)
@@ -87,6 +99,8 @@ class SearchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if not self.latency_temperature > 0:
             raise ConfigError(f"--latency-temperature must be > 0, got {self.latency_temperature}")
+        if self.lr is None:
+            self.lr = 0.025 * self.batch_size / 256
         if self.warmup_epochs is None:
             self.warmup_epochs = int(round(self.epochs * 0.25))
         if self.warmup_epochs < 0:
@@ -108,9 +122,13 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], optimizer: torch.optim.Optimizer,
                      n_samples: int, gen: torch.Generator | None, baseline: float | None,
-                     decay: float = 0.99) -> tuple[float, float, float]:
+                     decay: float = 0.99, kind: str = "official") -> tuple[float, float, float]:
     """One REINFORCE step on α: sample ``n_samples`` architectures, ascend
     ``Σ_i (R_i − b)·∇α log p(arch_i)`` and update the moving-average baseline ``b``.
+
+    ``kind`` ``official``: b ← b + decay·(R̄ − b) first (b = R̄ on the first step), then the
+    advantages R_i − b with the new b, as the official ``rl_update_step``. ``ema``: advantages with
+    the old b (R̄ on the first step), then b ← decay·b + (1 − decay)·R̄.
 
     Returns ``(new baseline, mean reward, surrogate loss)``."""
     optimizer.zero_grad(set_to_none=True)
@@ -120,7 +138,14 @@ def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], opt
         samples.append((choices, float(reward_fn(choices))))
     rewards = [r for _, r in samples]
     mean_r = sum(rewards) / len(rewards)
-    b = mean_r if baseline is None else baseline
+    if kind == "official":
+        new_b = mean_r if baseline is None else baseline + decay * (mean_r - baseline)
+        b = new_b
+    elif kind == "ema":
+        b = mean_r if baseline is None else baseline
+        new_b = mean_r if baseline is None else decay * baseline + (1 - decay) * mean_r
+    else:
+        raise ConfigError(f"unknown REINFORCE baseline {kind!r}; choose one of {', '.join(RL_BASELINES)}")
     loss = torch.zeros((), device=net.layers[0].alpha.device)
     for choices, r in samples:
         logp = sum(F.log_softmax(m.alpha, 0)[c] for m, c in zip(net.layers, choices))
@@ -128,7 +153,6 @@ def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], opt
     loss = loss / n_samples
     loss.backward()
     optimizer.step()
-    new_b = mean_r if baseline is None else decay * baseline + (1 - decay) * mean_r
     return new_b, mean_r, loss.item()
 
 
@@ -149,7 +173,8 @@ class ProxylessSearch:
         self.train_space = Space(config.resolution, deploy.width_mult, data.n_classes, data.in_channels)
         self.latency = LatencyModel(predictor, self.train_space)
         torch.manual_seed(config.seed)
-        self.net = Supernet(self.train_space).to(self.device)
+        self.net = Supernet(self.train_space, align_init=config.align_init).to(self.device)
+        self.mul_unit = mul_log_unit(self.latency.bounds()[0], config.target_latency or 2.0)
         self.w_opt = torch.optim.SGD(list(self.net.weight_parameters()), lr=config.lr, momentum=config.momentum,
                                      nesterov=True, weight_decay=config.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=config.arch_lr, betas=(0.0, 0.999), eps=1e-8)
@@ -186,25 +211,29 @@ class ProxylessSearch:
             p.requires_grad_(not frozen)
 
     def arch_step_gradient(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Binary-gate update of α on a held-out batch: two sampled paths per layer, the objective
-        with E[LAT], Adam on α, then the rescaling that keeps unsampled paths' probabilities."""
+        """Binary-gate update of α on a held-out batch, Adam on α.
+
+        ``two``: two sampled paths per layer; E[LAT] under the probabilities over the sampled pair
+        only (official ``current_prob_over_ops``), so α outside the pairs get no gradient at all;
+        then the rescaling that keeps unsampled paths' probabilities. ``full_v2``: one active path,
+        every candidate's gate gradient in the backward, E[LAT] over the full softmax."""
         c = self.config
         self._train_mode()
-        self.net.sample_two(self.gen)
+        self.net.sample_arch(c.binarize, self.gen)
         self._freeze_weights(True)  # only α needs gradients here
         try:
             ce = F.cross_entropy(self.net(x), y)
-            lat = self.latency.expected(self.net.arch_parameters(), c.latency_temperature)
+            lat = self.latency.expected_from_probs(self.net.current_probs(c.latency_temperature))
             loss = latency_loss(ce, lat, c.latency_loss, c.lam, c.target_latency,
-                                c.mul_alpha, c.mul_beta)
+                                c.mul_alpha, c.mul_beta, self.mul_unit)
             self.a_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.a_opt.step()
-            self.net.rescale()
+            if c.binarize == "two":
+                self.net.rescale()
         finally:
             self._freeze_weights(False)
-            for m in self.net.layers:
-                m.involved = ()
+            self.net.end_arch_step()
         return loss.item()
 
     def arch_step_reinforce(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -218,7 +247,7 @@ class ProxylessSearch:
             return reinforce_reward(acc, self.latency.of_choices(choices), c.target_latency, c.rl_tradeoff)
 
         self.baseline, mean_r, loss = reinforce_update(self.net, reward, self.a_opt, c.rl_samples, self.gen,
-                                                       self.baseline, c.rl_baseline_decay)
+                                                       self.baseline, c.rl_baseline_decay, c.rl_baseline)
         return loss, mean_r
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -376,8 +405,9 @@ class ProxylessSearch:
             raise ConfigError(f"--resume: {source} is not a search checkpoint")
         if check:
             old = state["config"]
+            defaults = {f.name: f.default for f in fields(SearchConfig)}
             for k in RESUME_MUST_MATCH:
-                if old.get(k) != getattr(self.config, k):
+                if old.get(k, defaults[k]) != getattr(self.config, k):
                     raise ConfigError(f"--resume: checkpoint {source} was made with {k}={old.get(k)!r}, this run "
                                       f"has {k}={getattr(self.config, k)!r}; use the same setting or another --out")
         if state["data"] != self.data.name:

@@ -70,6 +70,7 @@ def _write_tables(root: Path) -> None:
     pd.DataFrame({"epoch": e, "phase": np.where(e < 5, "warmup", "search"),
                   "train_acc": 0.3 + 0.4 * (1 - np.exp(-e / 5)), "val_acc": 0.25 + 0.4 * (1 - np.exp(-e / 5)),
                   "expected_latency_ms": 30 * np.exp(-e / 8) + 12, "alpha_entropy": 1.9 * np.exp(-e / 6),
+                  "derived_latency_ms": 25 * np.exp(-e / 8) + 11,
                   "reward": np.nan, "arch": '{"ops": ["3x3_MBConv1"]}'}
                  ).to_csv(run / "log.csv", index=False)
     (run / "summary.json").write_text(json.dumps({"predicted_latency_ms": 17.2, "val_acc": 0.62}))
@@ -105,6 +106,8 @@ def test_report_is_self_contained_with_every_section(report):
     assert any("op latencies between our devices" in a for a in imgs)
     assert any("architecture latencies between our devices" in a for a in imgs)
     assert any("search run search-r224/log.csv" in a for a in imgs)
+    per_epoch = page.split("α entropy (nats, mean over layers)")[1].split("</table>")[0]
+    assert "derived_latency_ms" in per_epoch and "alpha_entropy" in per_epoch and per_epoch.count("<tr") == 16
     assert any("HELP NAS-Bench-201: Spearman" in a for a in imgs)
     assert any(a.startswith("Adapting gold_6226 → raspi4") for a in imgs)
     assert any(a.startswith("Our devices (red) among the HELP devices") for a in imgs)

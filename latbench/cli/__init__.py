@@ -21,7 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "fit_predictor", "predict", "evaluate",
     "monotonicity", "adapt", "report",
     "tracker", "device", "bundle",
-    "search", "demo",
+    "search", "train", "demo",
 )
 
 log = logging.getLogger("latbench")
