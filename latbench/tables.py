@@ -352,6 +352,26 @@ def ok_rows(df: pd.DataFrame, value: str = "median_ms") -> pd.DataFrame:
     return df[ok_mask(df) & (pd.to_numeric(df[value], errors="coerce") > 0)]
 
 
+def error_kinds(df: pd.DataFrame, top: int = 4) -> str:
+    """The error rows of a table counted by kind (stage and the error's first phrase), most frequent
+    first: ``"3 build: TVMError, 1 run: run failed"`` — one line for the end of a campaign."""
+    if df.empty or "status" not in df:
+        return ""
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return ""
+    def column(name: str, missing: str) -> pd.Series:
+        return bad[name].fillna(missing).astype(str) if name in bad else pd.Series(missing, index=bad.index)
+
+    stage, text = column("stage", "?"), column("error", "unknown error")
+    kind = stage + ": " + text.str.split(":", n=1).str[0].str.slice(0, 60)
+    counts = kind.value_counts()
+    parts = [f"{n} {k}" for k, n in counts.head(top).items()]
+    if len(counts) > top:
+        parts.append(f"{int(counts.iloc[top:].sum())} other")
+    return ", ".join(parts)
+
+
 def concat_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read and concatenate several tables."""
     frames = [read_table(p) for p in paths]

@@ -210,3 +210,18 @@ def test_one_campaign_at_a_time_per_device(fast_device, cache_dir, small_ops, tm
         with pytest.raises(DeviceError, match="busy: another latbench campaign"):
             measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)
     assert (measure_ops(small_ops[:1], str(fast_device), tmp_path, cache=cache_dir)["status"] == "ok").all()
+
+
+def test_cli_every_op_fails_one_summary_line(cli, tmp_path, small_ops):
+    """A campaign in which every build fails ends in one line: the reference op's failure, or (without a
+    reference) the errors counted by kind; exit != 0, no traceback."""
+    dev = write_device(tmp_path, "nokind", target={"kind": "nosuchkind"})
+    args = ["measure", "--target", dev, "--op", small_ops[0].key, "--op", small_ops[1].key,
+            "--out", tmp_path, "--cache", tmp_path / "cache"]
+    code, _, err = cli(*args)
+    assert code == 2 and "the reference op" in _one_line(err) and "--no-reference" in err
+    code, out, err = cli(*args, "--no-reference")
+    assert code == 1 and "Traceback" not in err, (out, err)
+    assert "0 ops measured on nokind (2 errors)" in out
+    kinds = [line for line in err.splitlines() if line.startswith("errors by kind: ")]
+    assert len(kinds) == 1 and kinds[0].startswith("errors by kind: 2 build: "), err  # both alike: one kind

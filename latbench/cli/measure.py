@@ -21,7 +21,7 @@ from latbench.rounds import Plan
 from latbench.sampling import sample_ops
 from latbench.space import Arch, Space, random_archs
 from latbench.spaces import DEFAULT_SPACE, get_space
-from latbench.tables import ok_rows, read_table
+from latbench.tables import error_kinds, ok_rows, read_table
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if n_err:
         for _, r in df[df["status"] != "ok"].head(5).iterrows():
             print(f"  error {r['key']}: {r.get('error')}", file=sys.stderr)
+        print(f"errors by kind: {error_kinds(df)}", file=sys.stderr)
     return 0 if len(good) else 1
 
 
@@ -189,4 +190,6 @@ def run_networks(args: argparse.Namespace, device: Device, plan: Plan, labelled:
         ops = ok_rows(read_table(campaign.store("ops").path))
         msg += f"; {len(op_keys & set(ops['key']))} of their {len(op_keys)} ops → {campaign.store('ops').path}"
     print(msg)
+    if rows is not None and n_ok < n_done:
+        print(f"errors by kind: {error_kinds(rows.reset_index())}", file=sys.stderr)
     return 0 if n_done and n_ok == n_done else 1

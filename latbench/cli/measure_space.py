@@ -13,7 +13,7 @@ from latbench.devices import Device
 from latbench.errors import LatbenchError
 from latbench.rounds import Plan
 from latbench.spaces import check_skeleton_args, get_space
-from latbench.tables import ok_rows
+from latbench.tables import error_kinds, ok_rows
 
 
 def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
@@ -51,4 +51,6 @@ def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
           f"{campaign.store('archs').path}")
     for _, r in df[df["status"] != "ok"].head(5).iterrows():
         print(f"  error {r['key']}: {r.get('error')}", file=sys.stderr)
+    if n_err:
+        print(f"errors by kind: {error_kinds(df)}", file=sys.stderr)
     return 0 if len(good) else 1
