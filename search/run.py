@@ -22,6 +22,7 @@ from latbench.errors import LatbenchError
 from latbench.netconfig import NetConfig
 from latbench.space import Arch
 from predictors import load_predictor
+from search.entry import entry_point
 from search.losses import LOSS_FORMS
 
 if TYPE_CHECKING:  # search.latency imports torch, which run() defers
@@ -171,18 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (errors: one line on stderr)."""
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        summary = run(args)
-    except LatbenchError as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
-    print(result_line(args, summary))
-    return 0
+    return entry_point(build_parser(), run, result_line, argv)
 
 
 def result_line(args: argparse.Namespace, summary: dict[str, Any]) -> str:

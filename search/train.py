@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latbench.errors import ConfigError, LatbenchError
+from latbench.errors import ConfigError
 from latbench.space import ZERO, Arch, Space
+from search.entry import entry_point
 
 if TYPE_CHECKING:  # torch is imported lazily (keeps --help and argument errors instant)
     from torch import nn
@@ -346,18 +347,8 @@ def result_line(args: argparse.Namespace, summary: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        summary = run(args)
-    except LatbenchError as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
-    print(result_line(args, summary))
-    return 0
+    """Command-line entry point; returns the exit code (errors: one line on stderr)."""
+    return entry_point(build_parser(), run, result_line, argv)
 
 
 __all__ = ["TrainConfig", "Retrainer", "build_net", "net_from_supernet", "main"]
