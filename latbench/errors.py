@@ -6,7 +6,9 @@ traceback only under ``-v``. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class LatbenchError(Exception):
@@ -36,3 +38,12 @@ def read_config_text(path: Path, what: str) -> str:
         return path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_json_config(path: Path, what: str) -> Any:
+    """The parsed JSON of configuration file ``path`` (:func:`read_config_text`); invalid JSON is a
+    :class:`ConfigError` naming the file and the place."""
+    try:
+        return json.loads(read_config_text(path, what))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from latbench.errors import ConfigError, read_config_text
+from latbench.errors import ConfigError, read_json_config
 from latbench.ops import OpKeyError, OpSpec, conv_out
 from latbench.space import _WIDTHS, ZERO, Arch, Space, parse_candidate
 
@@ -161,12 +161,7 @@ class NetConfig(_Layer):
     def load(cls, path: str | Path) -> NetConfig:
         """Read a ``net.config`` JSON file; errors name the file."""
         path = Path(path)
-        text = read_config_text(path, "net config")
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json_config(path, "net config"), str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The official JSON form (every field the official ``config`` properties write)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Sequence
 
-from latbench.errors import ConfigError, LatbenchError, read_config_text
+from latbench.errors import ConfigError, LatbenchError, read_json_config
 from latbench.ops import OpSpec, conv_out
 
 KERNELS: tuple[int, ...] = (3, 5, 7)
@@ -256,12 +256,7 @@ class Arch:
     def load(cls, path: str | Path) -> Arch:
         """Read an arch JSON file; errors name the file."""
         path = Path(path)
-        text = read_config_text(path, "arch file")
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json_config(path, "arch file"), str(path))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
