@@ -4,11 +4,8 @@ here and one timing an offline set (``measure --artifacts``) are the same loop.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 import warnings
@@ -27,6 +24,7 @@ from latbench.errors import LatbenchError
 from latbench.facts import versions
 from latbench.jobs import REFERENCE_KEY, Job
 from latbench.progress import bar
+from latbench.runners.process import WorkerContext, die_with_parent
 from latbench.runners.rpc import first_line
 
 log = logging.getLogger(__name__)
@@ -72,17 +70,11 @@ def _build_worker(job: Job, backend: Backend, device: Device, root: str) -> tupl
         return job.key, None, f"build failed: {exc.__class__.__name__}: {first_line(exc)}"
 
 
-def _die_with_parent(parent: int) -> None:
-    """Build worker initializer: the kernel SIGKILLs this worker when its parent dies (``PR_SET_PDEATHSIG``),
-    even by SIGKILL, so no compile outlives a killed `latbench measure` (and the multiprocessing resource
-    tracker, whose pipe the workers hold, exits with them). A worker still importing when its parent died (the
-    initializer runs once spawn's imports are done) exits here, as soon as it gets going (seconds)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):  # not Linux: the process group is all there is
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+def _init_worker(parent: int) -> None:
+    """Build worker initializer (run before the worker imports torch and TVM with its first job): it dies with its
+    parent, even one killed by SIGKILL, so no compile outlives `latbench measure` (and the multiprocessing
+    resource tracker, whose pipe the workers hold, exits with them); Ctrl-C and SIGTERM are the parent's."""
+    die_with_parent(parent, ignore_terminal_signals=True)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -119,10 +111,10 @@ def build_all(jobs: Sequence[Job], backend: Backend, device: Device, cache: Arti
                         errors[j.key] = err
                     pbar.update(1)
             else:
-                ctx = mp.get_context("spawn")  # fork after importing torch/TVM is unsafe
+                ctx = WorkerContext()
                 if _QUIET_TRACKER not in sys.warnoptions:  # the tracker, started next, takes -W from these
                     sys.warnoptions.append(_QUIET_TRACKER)
-                with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_die_with_parent,
+                with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(os.getpid(),)) as pool:
                     try:
                         futs = [pool.submit(_build_worker, j, backend, device, str(arts[j.key].root)) for j in todo]

@@ -99,9 +99,28 @@ def lines_of(path: Path) -> list[dict]:
     return out
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    """A test that fails (or is interrupted) midway leaves no latbench it started running."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.communicate()
+
+
 def start(args: list, mark: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(latbench_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(latbench_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=marked(mark), start_new_session=True, **kw)
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_until(cond, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -146,13 +165,30 @@ def _procs_like(mark: str, text: str) -> int:
     return sum(text in c for c in orphans(mark))
 
 
+def _workers_started(mark: str) -> int:
+    """Build workers past their initializer (which ignores SIGINT: its bit is set in the SigIgn mask)."""
+    n = 0
+    needle = f"{MARK_VAR}={mark}".encode()
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit() or b"spawn_main" not in (d / "cmdline").read_bytes():
+                continue
+            if needle not in (d / "environ").read_bytes().split(b"\0"):
+                continue
+            ignored = int((d / "status").read_text().split("SigIgn:")[1].split()[0], 16)
+            n += bool(ignored & (1 << (signal.SIGINT - 1)))
+        except (OSError, IndexError, ValueError):
+            continue
+    return n
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_signal_during_build_leaves_no_worker(sig, tmp_path, small_ops):
     """Killed while the spawn workers compile (a fresh cache): no worker, no resource tracker survives."""
     mark = uuid.uuid4().hex
     dev = write_device(tmp_path, "build-cpu", timing=TIMING)
     proc = start(op_args(dev, tmp_path / "d", tmp_path / "cache", [o.key for o in small_ops], "--workers", "2"), mark)
-    wait_until(lambda: _procs_like(mark, "multiprocessing") >= 2, proc, 120, "build workers")
+    wait_until(lambda: _workers_started(mark) >= 2, proc, 120, "build workers")
     code, err = send(proc, sig)
     left = settle(mark)
     assert code == EXPECTED_CODE[sig], err
@@ -259,6 +295,48 @@ def test_tracker_killed_mid_campaign(tmp_path, cache_dir, small_ops):
         for s in servers:
             s.stop()
         tracker.stop()
+    assert not settle(mark)
+
+
+def test_frozen_server_times_out_and_never_hangs(tmp_path, cache_dir, small_ops):
+    """The server stops answering mid-campaign (SIGSTOP on its process group: a board that froze, a link that died
+    without a FIN): the op's call times out, the abandoned session is dropped without waiting on it, the reconnect
+    fails in one line, exit 3; every visit taken is kept and, the server thawed, a rerun completes."""
+    from latbench.runners.rpc import LocalRPCServer
+
+    mark = uuid.uuid4().hex
+    server = LocalRPCServer(threads=1, extra_env={MARK_VAR: mark}).start()
+    try:
+        dev = write_device(tmp_path, "frozen-cpu", rpc={"mode": "direct", "host": "127.0.0.1", "port": server.port,
+                                                        "connect_timeout": 5},
+                           timing={**TIMING, "op_timeout": 4})
+        out = tmp_path / "d"
+        keys = [o.key for o in small_ops[:3]]
+        visits_journal = table_path(out, "frozen-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.visits.jsonl")
+        proc = start(op_args(dev, out, cache_dir, keys), mark)
+        wait_until(lambda: len(lines_of(visits_journal)) >= 2, proc, 300, "two visits")
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=90)
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
+        took = time.monotonic() - t0
+        assert proc.returncode == 3, err
+        line = error_line(err)
+        assert "rerun the same command" in line and took < 60
+        n_visits = len(lines_of(visits_journal))
+        rerun = start(op_args(dev, out, cache_dir, keys), mark)
+        _, err = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, err
+        final = table(out, "frozen-cpu")
+        kept = pd.read_parquet(visits_journal.with_name(f"ops-{DEFAULT}.visits.parquet"))
+        lost = len(set(keys) - set(final["key"]))
+        record("server frozen (SIGSTOP) mid-campaign", f"exit 3 after {took:.0f} s, {line}", lost, 0)
+        assert lost == 0 and final["key"].is_unique and len(kept) >= n_visits
+    finally:
+        server.stop()
     assert not settle(mark)
 
 
@@ -541,3 +619,19 @@ def test_board_server_is_loopback_unless_told(caplog):
     assert bind_address(exposed) == "0.0.0.0"
     (rec,) = caplog.records
     assert rec.levelname == "WARNING" and "unauthenticated" in rec.getMessage()
+
+
+def test_a_signal_during_a_worker_launch_is_delivered_after_it():
+    """SIGTERM/SIGINT arriving while a build worker is launched wait until the launch is complete, then arrive."""
+    from latbench.runners.process import terminal_signals_deferred
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with terminal_signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert got == []
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -17,11 +17,9 @@ Every forwarded connection is a pair of threads pumping bytes; closing a forward
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from typing import Any
 
 from latbench.devices import Device
 from latbench.errors import DeviceError, LatbenchError
+from latbench.runners.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,21 @@ def _copy(src: Any, dst: Any, done: threading.Event) -> None:
     finally:
         done.set()
         for s in (src, dst):  # the other direction's blocking recv returns
-            try:
-                s.close()
-            except Exception:
-                pass
+            _close(s)
+
+
+def _close(s: Any) -> None:
+    """Shut down, then close, a socket or a channel. ``close`` alone does not wake a thread blocked in ``recv`` on
+    the same socket, and the kernel keeps the connection open (no FIN) while that call holds it: the TVM client at
+    the other end would wait for bytes that never come instead of seeing the link drop."""
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed, or never connected
+        pass
+    try:
+        s.close()
+    except Exception:
+        pass
 
 
 def _pump(a: Any, b: Any, stop: threading.Event) -> None:
@@ -75,10 +85,7 @@ def _pump(a: Any, b: Any, stop: threading.Event) -> None:
     while not done.wait(0.5):
         if stop.is_set():
             for s in (a, b):
-                try:
-                    s.close()
-                except Exception:
-                    pass
+                _close(s)
             return
 
 
@@ -202,10 +209,7 @@ def tunnel(device: Device) -> Iterator[Device]:
 
 def _serve() -> int:
     """The helper process: SSH to the board, forward a local port to its loopback server until stdin closes."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(ignore_terminal_signals=True)  # latbench closes our stdin to stop us
     logging.basicConfig(level=logging.ERROR, format="latbench tunnel: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # a dropped link is reported by latbench, once
     from latbench.boards.ssh import SSHHost

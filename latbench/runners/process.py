@@ -1,17 +1,23 @@
-"""Helper servers latbench starts on this machine (a TVM RPC server, an RPC tracker), each in a process
+"""Processes latbench starts on this machine. Helper servers (a TVM RPC server, an RPC tracker), each in a process
 group of its own: TVM's servers fork a listener and per-session children, and killing the group is the
-only way to stop them all. Also the port helpers they are started with."""
+only way to stop them all; the port helpers they are started with. And worker processes (build workers, the SSH
+tunnel helper), which die with latbench and leave its signals to it (:func:`die_with_parent`,
+:class:`WorkerContext`)."""
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing.context
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +66,59 @@ def warn_exposed(what: str, address: str) -> None:
     log.warning("%s listens on %s: TVM RPC is unauthenticated — anyone who reaches it can register fake servers, "
                 "feed bogus timings or run code; bind 127.0.0.1 and use an SSH tunnel (rpc.tunnel: true) "
                 "unless this network is trusted", what, address)
+
+
+#: What a terminal sends a whole process group: a worker leaves these to latbench, which stops it.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def die_with_parent(parent: int | None = None, ignore_terminal_signals: bool = False) -> None:
+    """In a worker process: the kernel SIGKILLs it when its parent dies (``PR_SET_PDEATHSIG``), even by SIGKILL; if
+    the parent (pid ``parent``) is already gone, exit now. With ``ignore_terminal_signals``, Ctrl-C (which reaches
+    the whole process group) and SIGTERM are latbench's to handle: it kills its workers itself, and a worker
+    interrupted halfway would only print a traceback of its own."""
+    if ignore_terminal_signals:
+        for sig in TERMINAL_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: the process group is all there is
+        pass
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextmanager
+def terminal_signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a worker is launched: a signal handled halfway through a launch leaves the
+    child reading a truncated start-up message (it dies with an ``EOFError`` traceback on the shared stderr). The
+    signals that arrived are delivered as soon as the launch is done. Outside the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in TERMINAL_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        with terminal_signals_deferred():
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class WorkerContext(multiprocessing.context.SpawnContext):
+    """The ``spawn`` start method (fork after importing torch/TVM is unsafe), with each launch shielded from
+    SIGINT/SIGTERM (:func:`terminal_signals_deferred`). Workers call :func:`die_with_parent` first thing."""
+
+    Process = _WorkerProcess
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -8,9 +8,10 @@ latbench starts (:class:`LocalRPCServer`) runs in its own process group
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
-import math
 import json
+import math
 import logging
 import os
 import sys
@@ -138,7 +139,8 @@ def connect_direct(host: str, port: int, session_timeout: float, timeout: float)
                                  timeout, f"connecting to {host}:{port}")
     except RPCTimeout:
         raise DeviceError(f"the TVM RPC server at {host}:{port} accepted no session within {timeout:g} s "
-                          "(it may be busy with another client)") from None
+                          "(busy with another client, or frozen); check it, then rerun the same command to resume"
+                          ) from None
     except Exception as exc:
         raise DeviceError(f"cannot open a TVM RPC session with {host}:{port}: {first_line(exc)}") from None
 
@@ -216,9 +218,14 @@ class RPCSession:
         self.remote, self.address, self.is_cuda, self.timeout = remote, address, is_cuda, timeout
         self.on_this_machine = on_this_machine
         self.items: dict[str, tuple[Any, Any, Any]] = {}
+        self.abandoned = False
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
-        return call_with_timeout(fn, self.timeout, f"{what} on {self.address}")
+        try:
+            return call_with_timeout(fn, self.timeout, f"{what} on {self.address}")
+        except RPCTimeout:
+            self.abandoned = True  # a thread still blocks inside this session
+            raise
 
     def load(self, key: str, art: Path | Any, min_repeat_ms: float) -> dict[str, Any]:
         lib = Path(getattr(art, "lib", art))
@@ -281,8 +288,20 @@ class RPCSession:
         return got
 
     def close(self) -> None:
-        self.items.clear()
+        if self.abandoned:
+            _leak([self.remote, self.items])
+            self.items = {}
+        else:
+            self.items.clear()
         self.remote = None
+
+
+def _leak(objects: Any) -> None:
+    """Never free ``objects``: remote handles of a session whose call timed out. Freeing one sends a message
+    through the session, which waits for the lock the abandoned call (blocked in a socket read, forever if the
+    link died silently) holds — the caller would hang, at once or at interpreter exit. The process keeps them
+    (a few handles per timeout) until it ends."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(objects))
 
 
 def parse_conditions(text: Any) -> dict[str, Any]:
