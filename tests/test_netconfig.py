@@ -179,7 +179,7 @@ def test_stride_must_divide_the_feature_map():
         cfg.at(7)
 
 
-@pytest.mark.parametrize("command", ["measure", "predict"])
+@pytest.mark.parametrize("command", ["measure", "predict", "compile"])
 def test_cli_bad_net_configs_one_line_each(cli, tmp_path, command):
     files = {"unknown.config": json.dumps(_bad(BAD["unknown layer"][0])),
              "channels.config": json.dumps(_bad(BAD["channels"][0])),
@@ -189,7 +189,8 @@ def test_cli_bad_net_configs_one_line_each(cli, tmp_path, command):
         (tmp_path / name).write_text(text)
     pred = save_predictor(LUTPredictor.from_latencies({"Conv-input:32x32x3-output:16x16x40": 1.0}, resolution=32,
                                                       width_mult=None, n_classes=None), tmp_path / "p.pkl")
-    pre = ["measure", "--out", tmp_path / "out"] if command == "measure" else ["predict", "--predictor", pred]
+    pre = {"measure": ["measure", "--out", tmp_path / "out"], "compile": ["compile", "--out", tmp_path / "out"],
+           "predict": ["predict", "--predictor", pred]}[command]
     expect = {"unknown.config": "unknown layer name 'SepConvLayer'",
               "channels.config": "blocks[3]: in_channels 32 does not match",
               "malformed.config": "malformed.config: not valid JSON",
@@ -285,6 +286,19 @@ def test_measure_net_config_times_the_network_and_its_ops(cli, quick_device, tmp
     code, stdout2, _ = cli(*args)
     assert code == 0 and f"{row['median_ms']:10.4f} ms" in stdout2
     assert len(pd.read_parquet(next((out / "fast-cpu").glob("archs-*.parquet")))) == 1
+
+
+def test_compile_net_config_builds_the_network_for_offline_timing(cli, quick_device, tmp_path):
+    cfg_file = tmp_path / "tiny.config"
+    cfg_file.write_text(json.dumps(tiny()))
+    net = load_net_config(cfg_file, 32)
+    code, out, err = cli("compile", "--target", quick_device, "--net-config", cfg_file, "-r", "32",
+                         "--out", tmp_path / "set", "--json")
+    assert code == 0, err
+    assert json.loads(out)["built"] == 1
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    (entry,) = [e for e in manifest["entries"] if e.get("role") != "reference"]
+    assert entry["key"] == net.key and entry["status"] == "ok"
 
 
 def test_measure_random_archs_then_the_same_arch_and_its_net_config(cli, quick_device, tmp_path, caplog):

@@ -8,28 +8,33 @@ from latbench.campaign import Job, compile_jobs
 from latbench.cli.measure import add_device_args
 from latbench.cli.ops import add_space_args
 from latbench.devices import get_device
+from latbench.netconfig import load_net_config
 from latbench.space import Arch, Space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compile", help="build artifacts for a device without measuring",
-        description="Compile the space's ops (or an architecture's whole network) for the device's target into "
+        description="Compile the space's ops (or whole networks: --arch, --net-config) for the device's target into "
                     "OUT: one directory per artifact (lib.so, input, PyTorch's expected output, meta) and a "
                     "manifest.json. Copy OUT to the device host and time it with `latbench measure --artifacts OUT`.")
     add_space_args(p)
     add_device_args(p)
     p.add_argument("--out", "-o", required=True, help="artifact set directory")
     p.add_argument("--limit", type=int, default=None, help="only the first N ops")
-    p.add_argument("--arch", default=None, help="build this architecture's whole network (arch JSON) instead")
+    p.add_argument("--arch", action="append", default=None, metavar="FILE",
+                   help="build this architecture's whole network (arch JSON) instead of the ops (repeatable)")
+    p.add_argument("--net-config", action="append", default=None, metavar="FILE",
+                   help="build this official ProxylessNAS net.config's whole network, at --resolution (repeatable)")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     device = get_device(args.target)
-    if args.arch:
-        jobs = [Job.network(Arch.load(args.arch))]
+    if args.arch or args.net_config:
+        jobs = [Job.network(Arch.load(f)) for f in args.arch or []]
+        jobs += [Job.network(load_net_config(f, args.resolution).canonical()) for f in args.net_config or []]
     else:
         space = Space(resolution=args.resolution, width_mult=args.width_mult, n_classes=args.n_classes)
         jobs = [Job.op(o) for o in space.distinct_ops()][: args.limit]
