@@ -311,7 +311,7 @@ def test_frozen_server_times_out_and_never_hangs(tmp_path, cache_dir, small_ops)
                                                         "connect_timeout": 5},
                            timing={**TIMING, "op_timeout": 4})
         out = tmp_path / "d"
-        keys = [o.key for o in small_ops[:3]]
+        keys = [o.key for o in small_ops[:2]]
         visits_journal = table_path(out, "frozen-cpu", DEFAULT).with_name(f"ops-{DEFAULT}.visits.jsonl")
         proc = start(op_args(dev, out, cache_dir, keys), mark)
         wait_until(lambda: len(lines_of(visits_journal)) >= 2, proc, 300, "two visits")

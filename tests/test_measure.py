@@ -217,7 +217,7 @@ def test_cli_every_op_fails_one_summary_line(cli, tmp_path, small_ops):
     reference) the errors counted by kind; exit != 0, no traceback."""
     dev = write_device(tmp_path, "nokind", target={"kind": "nosuchkind"})
     args = ["measure", "--target", dev, "--op", small_ops[0].key, "--op", small_ops[1].key,
-            "--out", tmp_path, "--cache", tmp_path / "cache"]
+            "--out", tmp_path, "--cache", tmp_path / "cache", "--workers", "1"]
     code, _, err = cli(*args)
     assert code == 2 and "the reference op" in _one_line(err) and "--no-reference" in err
     code, out, err = cli(*args, "--no-reference")

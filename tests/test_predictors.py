@@ -56,7 +56,8 @@ def measured(tmp_path_factory):
     from latbench.tables import ok_rows, table_path
 
     device = write_device(tmp_path_factory.mktemp("devices"), "pred-cpu",
-                          timing={"number": 1, "repeat": 10, "min_repeat_ms": 20, "warmup": 2, "op_timeout": 60})
+                          timing={"number": 1, "repeat": 10, "min_repeat_ms": 20, "warmup": 2, "op_timeout": 60,
+                                  "rounds": 3, "max_visits": 4})
     out = tmp_path_factory.mktemp("tables")
     df = measure_ops(fixture_ops(), str(device), out)
     assert len(ok_rows(df)) == len(df), df[df["status"] != "ok"][["key", "error"]]
@@ -430,7 +431,8 @@ def test_evaluate_end_to_end(tmp_path, measured, gbdt, cli):
     from conftest import write_device
 
     device = write_device(tmp_path, "pred-cpu",
-                          timing={"number": 1, "repeat": 5, "min_repeat_ms": 10, "warmup": 1, "op_timeout": 60})
+                          timing={"number": 1, "repeat": 4, "min_repeat_ms": 10, "warmup": 1, "op_timeout": 60,
+                                  "rounds": 2, "max_visits": 2})
     pkl = save_predictor(gbdt, tmp_path / "g.pkl")
     out, report = tmp_path / "tables", tmp_path / "report"
     args = ["evaluate", "--predictor", pkl, "--target", device, "--n", "2", "--calibrate", "1", "--out", out,
@@ -445,7 +447,7 @@ def test_evaluate_end_to_end(tmp_path, measured, gbdt, cli):
     assert res["metrics_joint_lut"]["n"] == 2 and m["noise_floor_pct"] > 0
     ops = pd.read_parquet(Path(out) / "pred-cpu" / f"ops-{res['predictor'].get('backend') or 'tvm'}.parquet")
     nets = pd.read_parquet(Path(out) / "pred-cpu" / "archs-tvm.parquet")
-    assert len(ops) == 72 and set(ops["rounds"]) == set(nets["rounds"]) == {5}
+    assert len(ops) == 72 and set(ops["rounds"]) == set(nets["rounds"]) == {2}
     table = pd.read_csv(res["table"])
     assert len(table) == 2 and (table["measured_ms"] > 0).all()
     # The raw prediction is the sum of the GBDT's op predictions; the measured value is a whole network.
