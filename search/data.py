@@ -43,32 +43,44 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: np.ndarray, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: np.ndarray, gen: torch.Generator | None = None,
+              shard: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images ``idx`` (augmented with ``gen``); ``shard=(rank, world)``: only that rank's
+        contiguous ``1/world`` of them, with the flips the whole batch would get (so the shards of
+        all ranks together are exactly the unsharded batch)."""
+        flip = torch.rand(len(idx), generator=gen) < 0.5 if self.augment and gen is not None else None
+        if shard is not None:
+            rank, world = shard
+            lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world
+            idx = idx[lo:hi]
+            flip = flip[lo:hi] if flip is not None else None
         x = self._load(idx).float().div_(255.0)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        if self.augment and gen is not None:  # random horizontal flip
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        if flip is not None:  # random horizontal flip
             x[flip] = x[flip].flip(-1)
         x = (x - self.mean) / self.std
         return x, torch.from_numpy(self.labels[idx])
 
     def batches(self, batch_size: int, seed: int | None = None, limit: int | None = None,
-                drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in a shuffled order fixed by ``seed`` (in order when ``seed`` is None)."""
+                drop_last: bool = True, shard: tuple[int, int] | None = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in a shuffled order fixed by ``seed`` (in order when ``seed`` is None); ``shard``
+        ``(rank, world)``: this rank's part of every (global) batch (see :meth:`batch`)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         order = torch.randperm(len(self), generator=gen).numpy() if gen is not None else np.arange(len(self))
         n = len(self) // batch_size if drop_last else -(-len(self) // batch_size)
         if limit is not None:
             n = min(n, limit)
         for b in range(n):
-            yield self.batch(order[b * batch_size:(b + 1) * batch_size], gen)
+            yield self.batch(order[b * batch_size:(b + 1) * batch_size], gen, shard)
 
-    def cycle(self, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def cycle(self, batch_size: int, seed: int,
+              shard: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless batches, reshuffled each pass (pass ``i`` uses seed ``seed + i``)."""
         i = 0
         while True:
-            yield from self.batches(batch_size, seed + i)
+            yield from self.batches(batch_size, seed + i, shard=shard)
             i += 1
 
 

@@ -25,7 +25,8 @@ from predictors import load_predictor
 from search.entry import entry_point
 from search.losses import LOSS_FORMS
 
-if TYPE_CHECKING:  # search.latency imports torch, which run() defers
+if TYPE_CHECKING:  # search.latency and search.distributed import torch, which run() defers
+    from search.distributed import DistContext
     from search.latency import LatencyPredictor
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     p.add_argument("--measure", action="store_true", help="measure the derived net on --target")
     p.add_argument("--target", default="local-cpu", help="device for --measure (default local-cpu)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
+                   help="under torchrun: seconds before a rank that waits on the others gives up (default 120)")
     if verbose:
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     return p
@@ -115,12 +118,23 @@ def measure(arch: Arch, device: str, out_dir: Path) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the search described by parsed ``args``; returns the summary (also OUT/summary.json)."""
+    """Run the search described by parsed ``args``; returns the summary (also OUT/summary.json).
+
+    Under ``torchrun`` every rank runs this with the same arguments (``--batch-size`` is the global
+    batch; see :mod:`search.distributed`); rank 0 writes the files."""
+    from search.distributed import session  # lazy: imports torch
+
+    with session(args.device, args.dist_timeout) as ddp:
+        return _run(args, ddp)
+
+
+def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     # Deferred: torch (and search.data/search.trainer, which import it) take seconds to import;
     # `--help` and argument errors stay instant.
     import torch
 
     from search.data import load_dataset  # lazy: imports torch
+    from search.distributed import device_for  # lazy: imports torch
     from search.trainer import ProxylessSearch, SearchConfig, check_epochs  # lazy: imports torch
 
     if args.threads:
@@ -138,19 +152,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_batches=args.train_batches, val_batches=args.val_batches, test_batches=args.test_batches or None,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, arch_lr=args.arch_lr,
         arch_every=args.arch_every, rl_samples=args.rl_samples, rl_tradeoff=args.rl_tradeoff,
-        resolution=resolution, seed=args.seed, device=args.device)
-    check_epochs(config)
+        resolution=resolution, seed=args.seed, device=device_for(ddp, args.device))
+    ddp.check_batch(config.batch_size)
+    settings = {k: v for k, v in asdict(config).items() if k != "device"}
+    ddp.agree("the search settings", json.dumps([settings, args.data, args.resume], sort_keys=True, default=str))
+    if ddp.is_main:
+        check_epochs(config)
     data = load_dataset(args.data, resolution, seed=args.seed)
-    searcher = ProxylessSearch(config, predictor, data, out)
+    searcher = ProxylessSearch(config, predictor, data, out, ddp=ddp)
+    ddp.agree("the predictor's latencies", json.dumps(searcher.latency.fingerprint()))
     if args.resume:
         searcher.load_checkpoint(out / "checkpoint.pt")
-    elif (out / "checkpoint.pt").exists():
+    elif (out / "checkpoint.pt").exists() and ddp.is_main:
         log.warning("%s holds a checkpoint; starting afresh (use --resume to continue it)", out)
+    searcher.check_ranks_agree("α and the path generator at the start")
     searcher.run()
 
     arch = searcher.derived_arch()
-    arch.save(out / "arch.json")
-    NetConfig.from_arch(arch).save(out / "net.config")  # the official format (latbench measure --net-config)
+    if ddp.is_main:
+        arch.save(out / "arch.json")
+        NetConfig.from_arch(arch).save(out / "net.config")  # the official format (latbench measure --net-config)
     summary: dict[str, Any] = {
         "arch": arch.to_dict(),
         "predicted_ms": searcher.latency.predict(arch),
@@ -163,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": searcher.epoch, "config": asdict(config), "predictor": str(args.predictor),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if not ddp.is_main:  # rank 0 measures and writes the files
+        return summary
     if args.measure:
         summary["measured_ms"] = measure(arch, args.target, out / "measure")
         summary["measured_on"] = args.target

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch is imported lazily (keeps --help and argument errors 
     from torch import nn
 
     from search.data import Dataset
+    from search.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,24 @@ def net_from_supernet(space: Space, ops: Sequence[str], checkpoint: str | Path, 
 
 
 class Retrainer:
-    """Trains one network; ``out`` receives ``log.csv`` and ``checkpoint.pt`` after every epoch."""
+    """Trains one network; ``out`` receives ``log.csv`` and ``checkpoint.pt`` after every epoch.
 
-    def __init__(self, config: TrainConfig, net: nn.Module, data: Dataset, out: str | Path | None = None) -> None:
+    ``ddp`` (under torchrun, :mod:`search.distributed`): ``config.batch_size`` is the global batch,
+    each rank trains on its shard with the global batch's BN statistics and averaged gradients;
+    rank 0 writes the files."""
+
+    def __init__(self, config: TrainConfig, net: nn.Module, data: Dataset, out: str | Path | None = None,
+                 ddp: DistContext | None = None) -> None:
         import torch
 
+        from search.distributed import DistContext, convert_batchnorm
+
+        self.ddp = ddp or DistContext()
+        self.ddp.check_batch(config.batch_size)
+        self.shard = self.ddp.shard
+        if self.ddp.active:  # before the optimiser: the converted BN layers hold new Parameter objects
+            convert_batchnorm(net)
+            self.ddp.broadcast_module(net)
         self.config, self.net, self.data = config, net, data
         self.out = Path(out) if out is not None else None
         decay, no_decay = [], []
@@ -175,6 +189,8 @@ class Retrainer:
     def train_epoch(self) -> dict[str, Any]:
         import torch.nn.functional as F
 
+        from search.distributed import average_gradients
+
         c, e = self.config, self.epoch
         t0 = time.perf_counter()
         n = self.batches_per_epoch()
@@ -182,7 +198,8 @@ class Retrainer:
         self.net.train()
         loss_sum = acc_sum = 0.0
         lr = 0.0
-        for b, (x, y) in enumerate(self.data.train.batches(c.batch_size, seed=c.seed * 100003 + e, limit=n)):
+        for b, (x, y) in enumerate(self.data.train.batches(c.batch_size, seed=c.seed * 100003 + e, limit=n,
+                                                           shard=self.shard)):
             lr = self.lr_at(e * n + b, total)
             for g in self.opt.param_groups:
                 g["lr"] = lr
@@ -190,9 +207,12 @@ class Retrainer:
             loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.ddp, self.net.parameters())
             self.opt.step()
             loss_sum += loss.item()
             acc_sum += float((out.detach().argmax(1) == y).float().mean())
+        if self.ddp.active:  # the global batch's means (equal shards)
+            loss_sum, acc_sum = (v / self.ddp.world_size for v in self.ddp.sum([loss_sum, acc_sum]))
         self.epoch += 1
         row = {"epoch": self.epoch, "lr": round(lr, 6), "train_loss": round(loss_sum / max(n, 1), 5),
                "train_acc": round(acc_sum / max(n, 1), 5),
@@ -201,7 +221,7 @@ class Retrainer:
         self.history.append(row)
         log.info("retrain epoch %d/%d: train loss %.3f acc %.3f, val acc %.3f (%.1fs)", self.epoch, c.epochs,
                  row["train_loss"], row["train_acc"], row["val_acc"], row["seconds"])
-        if self.out is not None:
+        if self.out is not None and self.ddp.is_main:
             self.write_log()
             self.save_checkpoint(self.out / "checkpoint.pt")
         return row
@@ -212,9 +232,11 @@ class Retrainer:
         self.net.eval()
         correct = total = 0
         with torch.no_grad():
-            for x, y in split.batches(self.config.batch_size, None, batches, drop_last=False):
-                correct += int((self.net(x).argmax(1) == y).sum())
-                total += len(y)
+            for x, y in split.batches(self.config.batch_size, None, batches, drop_last=False, shard=self.shard):
+                if len(y):  # a rank's shard of a short last batch may be empty
+                    correct += int((self.net(x).argmax(1) == y).sum())
+                    total += len(y)
+        correct, total = self.ddp.sum([correct, total])
         return correct / max(total, 1)
 
     def run(self) -> list[dict[str, Any]]:
@@ -293,13 +315,23 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     p.add_argument("--out", default=None, help="output folder (default: retrain/ beside --arch)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
+                   help="under torchrun: seconds before a rank that waits on the others gives up (default 120)")
     if verbose:
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Retrain as ``args`` say; returns the summary (also OUT/summary.json)."""
+    """Retrain as ``args`` say; returns the summary (also OUT/summary.json). Under torchrun every
+    rank runs this with the same arguments and arch (checked); rank 0 writes the files."""
+    from search.distributed import session  # lazy: imports torch
+
+    with session("cpu", args.dist_timeout) as ddp:
+        return _run(args, ddp)
+
+
+def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     import torch
 
     from search.data import load_dataset
@@ -318,6 +350,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          test_batches=args.test_batches or None, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                          warmup_steps=args.warmup_steps, dropout=args.dropout, resolution=resolution, seed=args.seed)
+    ddp.agree(f"the arch (--arch {arch_path})", json.dumps(arch.to_dict(), sort_keys=True))
+    ddp.agree("the retraining settings",
+              json.dumps([asdict(config), args.data, args.init, args.resume], sort_keys=True))
+    ddp.check_batch(config.batch_size)
     data = load_dataset(args.data, resolution, seed=args.seed)
     space = train_space(arch, data, resolution)
     torch.manual_seed(args.seed)
@@ -326,10 +362,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         net = net_from_supernet(space, arch.ops, ckpt, args.dropout)
     else:
         net = build_net(space, arch.ops, args.dropout)
-    trainer = Retrainer(config, net, data, out)
+    trainer = Retrainer(config, net, data, out, ddp=ddp)
     if args.resume:
         trainer.load_checkpoint(out / "checkpoint.pt")
-    elif (out / "checkpoint.pt").exists():
+    elif (out / "checkpoint.pt").exists() and ddp.is_main:
         log.warning("%s holds a checkpoint; starting afresh (use --resume to continue it)", out)
     trainer.run()
     summary = {"arch": arch.to_dict(), "init": args.init, "epochs": trainer.epoch, "data": data.name,
@@ -337,6 +373,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "val_acc": trainer.history[-1]["val_acc"] if trainer.history else None,
                "test_acc": trainer.evaluate(data.test, config.test_batches), "config": asdict(config),
                "seconds": round(time.perf_counter() - t0, 1)}
+    if not ddp.is_main:
+        return summary
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

@@ -25,6 +25,7 @@ from torch import nn
 from latbench.errors import ConfigError, LatbenchError
 from latbench.space import Arch, Space
 from search.data import Dataset, Split
+from search.distributed import DistContext, average_gradients, convert_batchnorm, tensor_digest
 from search.latency import LatencyModel, LatencyPredictor
 from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, mul_log_unit, reinforce_reward
 from search.mixed_op import BINARIZE_MODES
@@ -159,11 +160,19 @@ def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], opt
 class ProxylessSearch:
     """A ProxylessNAS search on ``data`` with the latencies of ``predictor``.
 
-    ``out`` (optional) receives ``log.csv`` and ``checkpoint.pt`` after every epoch."""
+    ``out`` (optional) receives ``log.csv`` and ``checkpoint.pt`` after every epoch (rank 0 only).
+
+    ``ddp`` (under torchrun, see :mod:`search.distributed`): ``config.batch_size`` is the global
+    batch, each rank trains on its shard; BN statistics and the gradients of the weights and of α
+    are those of the global batch, every rank samples the same paths (the same seeded generator),
+    REINFORCE rewards use the accuracy on the global batch. One process: ``ddp`` None."""
 
     def __init__(self, config: SearchConfig, predictor: LatencyPredictor, data: Dataset,
-                 out: str | Path | None = None) -> None:
+                 out: str | Path | None = None, ddp: DistContext | None = None) -> None:
         self.config = config
+        self.ddp = ddp or DistContext()
+        self.ddp.check_batch(config.batch_size)
+        self.shard = self.ddp.shard
         self.data = data
         self.out = Path(out) if out is not None else None
         self.device = torch.device(config.device)
@@ -174,6 +183,9 @@ class ProxylessSearch:
         self.latency = LatencyModel(predictor, self.train_space)
         torch.manual_seed(config.seed)
         self.net = Supernet(self.train_space, align_init=config.align_init).to(self.device)
+        if self.ddp.active:  # before the optimisers: the converted BN layers hold new Parameter objects
+            convert_batchnorm(self.net)
+            self.ddp.broadcast_module(self.net)
         self.mul_unit = mul_log_unit(self.latency.bounds()[0], config.target_latency or 2.0)
         self.w_opt = torch.optim.SGD(list(self.net.weight_parameters()), lr=config.lr, momentum=config.momentum,
                                      nesterov=True, weight_decay=config.weight_decay)
@@ -199,6 +211,7 @@ class ProxylessSearch:
         loss = F.cross_entropy(out, y)
         self.w_opt.zero_grad(set_to_none=True)  # unsampled paths keep grad None: SGD skips them
         loss.backward()
+        average_gradients(self.ddp, self.net.weight_parameters())  # torchrun: the same paths on every rank
         self.w_opt.step()
         return loss.item(), _accuracy(out.detach(), y)
 
@@ -228,6 +241,7 @@ class ProxylessSearch:
                                 c.mul_alpha, c.mul_beta, self.mul_unit)
             self.a_opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.ddp, self.net.arch_parameters())
             self.a_opt.step()
             if c.binarize == "two":
                 self.net.rescale()
@@ -243,7 +257,9 @@ class ProxylessSearch:
 
         def reward(choices: list[int]) -> float:
             with torch.no_grad():
-                acc = _accuracy(self.net(x), y)
+                correct = float((self.net(x).argmax(1) == y).sum())
+            hits, n = self.ddp.sum([correct, len(y)])  # torchrun: the accuracy on the global batch
+            acc = hits / max(n, 1)
             return reinforce_reward(acc, self.latency.of_choices(choices), c.target_latency, c.rl_tradeoff)
 
         self.baseline, mean_r, loss = reinforce_update(self.net, reward, self.a_opt, c.rl_samples, self.gen,
@@ -262,7 +278,7 @@ class ProxylessSearch:
             m.reset_running_stats()
             m.momentum = None
         self.net.train()
-        for x, _ in split.batches(self.config.batch_size, seed, batches):
+        for x, _ in split.batches(self.config.batch_size, seed, batches, shard=self.shard):
             self.net(x.to(self.device))
         for m, mom in zip(bns, saved):
             m.momentum = mom
@@ -278,10 +294,12 @@ class ProxylessSearch:
             self.calibrate_bn(self.data.train, self.config.bn_calib_batches, self.config.seed + 7919)
         self.net.eval()
         correct = total = 0
-        for x, y in split.batches(self.config.batch_size, None, batches, drop_last=False):
-            x, y = self._to(x, y)
-            correct += int((self.net(x).argmax(1) == y).sum())
-            total += len(y)
+        for x, y in split.batches(self.config.batch_size, None, batches, drop_last=False, shard=self.shard):
+            if len(y):  # a rank's shard of a short last batch may be empty (eval mode: no collective)
+                x, y = self._to(x, y)
+                correct += int((self.net(x).argmax(1) == y).sum())
+                total += len(y)
+        correct, total = self.ddp.sum([correct, total])
         return correct / max(total, 1)
 
     # -- derived architecture --------------------------------------------------------------------
@@ -308,11 +326,12 @@ class ProxylessSearch:
         search = e >= c.warmup_epochs
         n = self.batches_per_epoch()
         total = c.epochs * n
-        valid = self.data.valid.cycle(c.batch_size, seed=c.seed * 100003 + 2 * e + 1)
+        valid = self.data.valid.cycle(c.batch_size, seed=c.seed * 100003 + 2 * e + 1, shard=self.shard)
         loss_sum = acc_sum = 0.0
         arch_losses, rewards = [], []
         lr = c.lr
-        for b, (x, y) in enumerate(self.data.train.batches(c.batch_size, seed=c.seed * 100003 + 2 * e, limit=n)):
+        for b, (x, y) in enumerate(self.data.train.batches(c.batch_size, seed=c.seed * 100003 + 2 * e, limit=n,
+                                                           shard=self.shard)):
             lr = self._lr(e * n + b, total)
             for g in self.w_opt.param_groups:
                 g["lr"] = lr
@@ -327,6 +346,11 @@ class ProxylessSearch:
                     loss, r = self.arch_step_reinforce(xv, yv)
                     arch_losses.append(loss)
                     rewards.append(r)
+        if self.ddp.active:  # the global batch's means (equal shards), and a check that α did not diverge
+            w = self.ddp.world_size
+            loss_sum, acc_sum, arch_sum = (v / w for v in self.ddp.sum([loss_sum, acc_sum, sum(arch_losses)]))
+            arch_losses = [arch_sum / len(arch_losses)] * len(arch_losses)
+            self.check_ranks_agree(f"α after epoch {e + 1}")
         val_acc = self.evaluate(self.data.valid, c.val_batches)
         self.epoch += 1
         row = {
@@ -347,10 +371,14 @@ class ProxylessSearch:
         log.info("epoch %d/%d %s: train acc %.3f val acc %.3f E[LAT] %.2f ms derived %.2f ms H %.3f (%.1fs)",
                  self.epoch, c.epochs, row["phase"], row["train_acc"], val_acc, row["expected_latency_ms"],
                  row["derived_latency_ms"], row["alpha_entropy"], row["seconds"])
-        if self.out is not None:
+        if self.out is not None and self.ddp.is_main:
             self.write_log()
             self.save_checkpoint(self.out / "checkpoint.pt")
         return row
+
+    def check_ranks_agree(self, what: str) -> None:
+        """Under torchrun: one clear error unless every rank holds the same α and path generator."""
+        self.ddp.agree(what, tensor_digest(self.net.arch_parameters()) + tensor_digest([self.gen.get_state()]))
 
     def run(self) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done (continuing from a resumed epoch)."""
