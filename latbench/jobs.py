@@ -12,7 +12,8 @@ from latbench.features import op_features
 from latbench.netconfig import Net
 from latbench.ops import OpSpec
 from latbench.space import Arch
-from latbench.spaces import DEFAULT_SPACE, arch_key, build_arch, describe_arch, space_of
+from latbench.spaces import (DEFAULT_SPACE, arch_key, build_arch, build_space_op, describe_arch, describe_space_op,
+                             space_of, space_of_op_key)
 from latbench.board.timing import RTOL
 
 __all__ = ["Job", "RTOL", "What", "REFERENCE_KEY"]
@@ -37,6 +38,14 @@ class Job:
         return Job(op.key, "ops")
 
     @staticmethod
+    def space_op(key: str) -> Job:
+        """An op of any registered space by its key (``nb201-…`` for NAS-Bench-201, see `latbench ops --space`)."""
+        if space_of_op_key(key) == DEFAULT_SPACE:
+            return Job.op(OpSpec.parse(key))
+        describe_space_op(key)  # a bad key fails here, not in a build worker
+        return Job(key, "ops")
+
+    @staticmethod
     def network(net: Arch | Net | dict) -> Job:
         """A whole network: an :class:`Arch` of our space, a net config at a resolution (its ``arch``
         field then holds ``{"resolution": R, "net_config": {...}}``), or an architecture dict of any
@@ -56,6 +65,8 @@ class Job:
     def describe(self) -> dict[str, Any]:
         """The row fields that identify this job (shape fields and features, or the arch)."""
         if self.what == "ops":
+            if space_of_op_key(self.key) != DEFAULT_SPACE:
+                return describe_space_op(self.key)
             op = OpSpec.parse(self.key)
             row = {"kind": op.kind, "in_h": op.in_h, "in_w": op.in_w, "in_ch": op.in_ch,
                    "out_h": op.out_h, "out_w": op.out_w, "out_ch": op.out_ch, "expand": op.expand,
@@ -76,6 +87,9 @@ class Job:
         from latbench.modules import build_net, build_network, build_op_module, example_input
 
         if self.what == "ops":
+            if space_of_op_key(self.key) != DEFAULT_SPACE:
+                module, shape = build_space_op(self.key)
+                return module, example_input(shape, self.key)
             op = OpSpec.parse(self.key)
             return build_op_module(op), example_input(op.input_shape, self.key)
         net = self.net

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,26 +97,74 @@ def nb201_str(ops: Sequence[str]) -> str:
     return out
 
 
-@lru_cache(maxsize=2)
-def _official_order(path: str) -> tuple[tuple[str, ...], dict[str, int]]:
-    import pandas as pd  # deferred: only the index lookup needs it
+#: The official index ↔ string order shipped with the package (package data): one cell string per line,
+#: line ``i`` = official index ``i``, gzip. Derived by :func:`write_order_file` from the published HELP table
+#: (``arch_index``/``arch_str`` columns of ``$LATBENCH_SHARED/data/help-nasbench201/latency_ms.csv.gz``, HELP's
+#: ``str_arch2idx.pt``, MIT licence, Copyright (c) 2024 HayeonLee); regenerate with
+#: ``python scripts/nb201_order.py`` (which also checks the shipped file against the table).
+ORDER_FILE = Path(__file__).resolve().parent / "data" / "nasbench201_order.txt.gz"
 
-    p = Path(path)
+
+def _check_order(strs: Sequence[str], source: object) -> tuple[str, ...]:
+    strs = tuple(strs)
+    if len(strs) != NB201_SIZE or len(set(strs)) != NB201_SIZE:
+        raise AdaptError(f"{source} does not list the {NB201_SIZE} NAS-Bench-201 architectures once each")
+    return strs
+
+
+def read_published_order(path: str | Path | None = None) -> tuple[str, ...]:
+    """The index → string order from the published HELP table (``arch_index``/``arch_str`` columns);
+    ``path`` defaults to :func:`latbench.paths.help_nb201_csv`. Only :func:`write_order_file` and the
+    tests need it: lookups use the shipped :data:`ORDER_FILE`."""
+    import pandas as pd  # deferred: only regenerating the shipped file reads the table
+
+    p = Path(path) if path else help_nb201_csv()
     if not p.exists():
-        raise AdaptError(f"the official NAS-Bench-201 index needs the published table {p} (its arch_index ↔ "
-                         f"arch_str columns); set {SHARED_ENV} to the shared directory")
+        raise AdaptError(f"the published NAS-Bench-201 table {p} is missing (its arch_index ↔ arch_str columns); "
+                         f"set {SHARED_ENV} to the shared directory")
     df = pd.read_csv(p, usecols=["arch_index", "arch_str"])
     if len(df) != NB201_SIZE or sorted(df["arch_index"]) != list(range(NB201_SIZE)):
         raise AdaptError(f"{p} does not list the {NB201_SIZE} NAS-Bench-201 architectures once each")
-    strs = tuple(df.sort_values("arch_index")["arch_str"].astype(str))
+    return _check_order(df.sort_values("arch_index")["arch_str"].astype(str), p)
+
+
+def write_order_file(dest: str | Path = ORDER_FILE, table: str | Path | None = None) -> Path:
+    """(Re)generate the shipped order file from the published table: every string is checked to be a
+    canonical cell string (:func:`nb201_str` of its parse); gzip without a timestamp, so the bytes
+    depend on the order only."""
+    import gzip
+
+    strs = read_published_order(table)
+    for s in strs:
+        if nb201_str(parse_nb201(s)) != s:
+            raise AdaptError(f"the published table lists {s!r}, not a canonical cell string")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0,
+                                                filename="") as f:
+        f.write(("\n".join(strs) + "\n").encode())
+    return dest
+
+
+@lru_cache(maxsize=2)
+def _official_order(path: str) -> tuple[tuple[str, ...], dict[str, int]]:
+    import gzip
+
+    p = Path(path)
+    try:
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            strs = _check_order([line.strip() for line in f if line.strip()], p)
+    except OSError as e:
+        raise AdaptError(f"cannot read the NAS-Bench-201 order file {p} ({e}); reinstall latbench or "
+                         "regenerate it with scripts/nb201_order.py") from None
     return strs, {s: i for i, s in enumerate(strs)}
 
 
 def official_order() -> tuple[tuple[str, ...], dict[str, int]]:
-    """(index → string, string → index) of the official NAS-Bench-201 order, read from the published
-    HELP table's ``arch_index``/``arch_str`` columns (HELP's ``str_arch2idx.pt``, which is the
-    NAS-Bench-201 API's order: index 0 is ``|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+…``)."""
-    return _official_order(str(help_nb201_csv()))
+    """(index → string, string → index) of the official NAS-Bench-201 order, from the shipped
+    :data:`ORDER_FILE` (derived from HELP's ``str_arch2idx.pt``, which is the NAS-Bench-201 API's order:
+    index 0 is ``|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+…``); no shared directory needed."""
+    return _official_order(str(ORDER_FILE))
 
 
 def nb201_resolve(spec: str | int) -> tuple[int, str]:
@@ -189,3 +238,125 @@ def nb201_cost(arch_str: str, c: int = NB201_C, n: int = NB201_N, resolution: in
         flops += times * v["flops"]
         params += times * v["params"]
     return {"flops": flops, "params": params}
+
+
+# --------------------------------------------------------------------------------------------
+# ops of the network: what a NAS-Bench-201 op table holds and a LUT sums
+# --------------------------------------------------------------------------------------------
+#: Op kinds of the network: the stem, the residual reduction block, the head (BN-ReLU, pool, linear)
+#: and the five cell-edge ops.
+NB201_OP_KINDS: tuple[str, ...] = ("stem", "resblock", "head") + NB201_OPS
+NB201_OP_PREFIX = "nb201-"
+#: Cell ops that compute nothing: the identity compiles to no kernel at all (TVM cannot time it alone, and in
+#: a network it costs nothing), so it is not measured and adds 0 ms to a LUT's sum, like ProxylessNAS' zero.
+NB201_FREE_OPS: tuple[str, ...] = ("skip_connect",)
+_NB201_KEY = re.compile(r"^nb201-([a-z_0-9]+)-input:(\d+)x(\d+)x(\d+)(?:-output:(\d+)x(\d+)x(\d+)|-classes:(\d+))?$")
+#: Features of a NAS-Bench-201 op for latency models (:meth:`NB201Op.features`).
+NB201_OP_FEATURE_NAMES: tuple[str, ...] = (
+    tuple(f"is_{k}" for k in NB201_OP_KINDS)
+    + ("in_h", "in_ch", "out_h", "out_ch", "flops", "params", "weight_bytes", "act_bytes"))
+
+
+@dataclass(frozen=True)
+class NB201Op:
+    """One op of a NAS-Bench-201 network at its shape (batch 1, fp32), keyed as :func:`nb201_op_costs` keys
+    them: ``nb201-stem-input:32x32x3-output:32x32x16``, ``nb201-nor_conv_3x3-input:16x16x32``,
+    ``nb201-resblock-input:32x32x16-output:16x16x32``, ``nb201-head-input:8x8x64-classes:10``."""
+
+    kind: str
+    in_h: int
+    in_ch: int
+    out_h: int
+    out_ch: int  # the classes for the head
+
+    @property
+    def key(self) -> str:
+        inp = f"{NB201_OP_PREFIX}{self.kind}-input:{self.in_h}x{self.in_h}x{self.in_ch}"
+        if self.kind == "head":
+            return f"{inp}-classes:{self.out_ch}"
+        if self.kind in NB201_OPS:
+            return inp
+        return f"{inp}-output:{self.out_h}x{self.out_h}x{self.out_ch}"
+
+    @classmethod
+    def parse(cls, key: str) -> NB201Op:
+        """Parse an op key of the NAS-Bench-201 network; a one-line :class:`AdaptError` otherwise."""
+        m = _NB201_KEY.match(key) if isinstance(key, str) else None
+        if m is None or m.group(1) not in NB201_OP_KINDS:
+            raise AdaptError(f"cannot parse NAS-Bench-201 op key {key!r}: expected e.g. "
+                             "nb201-nor_conv_3x3-input:32x32x16 (see `latbench ops --space nasbench201`)")
+        kind, h, w, c = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+        out, classes = m.group(5) is not None, m.group(8) is not None
+        if h != w or classes != (kind == "head") or out != (kind in ("stem", "resblock")):
+            raise AdaptError(f"cannot parse NAS-Bench-201 op key {key!r}: the {kind} op has no such shape")
+        if kind == "head":
+            op = cls(kind, h, c, 1, int(m.group(8)))
+        elif out:
+            op = cls(kind, h, c, int(m.group(5)), int(m.group(7)))
+        else:
+            op = cls(kind, h, c, h, c)
+        if op.key != key:
+            raise AdaptError(f"cannot parse NAS-Bench-201 op key {key!r}: not canonical (expected {op.key})")
+        return op
+
+    def cost(self) -> dict[str, float]:
+        """FLOPs (MACs, NAS-Bench-201's count) and params, as :func:`nb201_op_costs` counts them."""
+        h, c, ho, co = self.in_h, self.in_ch, self.out_h, self.out_ch
+        if self.kind == "stem":
+            f, p = _conv(h, c, co, 3)
+            return {"flops": f, "params": p + 2 * co}
+        if self.kind == "resblock":
+            fa, pa = _conv(ho, c, co, 3)
+            fb, pb = _conv(ho, co, co, 3)
+            fd, pd_ = _conv(ho, c, co, 1)
+            return {"flops": fa + fb + fd, "params": pa + pb + pd_ + 4 * co}
+        if self.kind == "head":
+            return {"flops": float(c * co + co), "params": float(2 * c + c * co + co)}
+        k = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}.get(self.kind)
+        f, p = _conv(h, c, c, k) if k else (0.0, 0.0)
+        return {"flops": f, "params": p + (2 * c if k else 0)}
+
+    def features(self) -> dict[str, float]:
+        """The feature vector (:data:`NB201_OP_FEATURE_NAMES`): kind one-hot, shapes, FLOPs, params, bytes."""
+        cost = self.cost()
+        acts = self.in_h * self.in_h * self.in_ch + (self.out_h * self.out_h * self.out_ch
+                                                    if self.kind != "head" else self.out_ch)
+        out = {f"is_{k}": float(self.kind == k) for k in NB201_OP_KINDS}
+        out.update({"in_h": float(self.in_h), "in_ch": float(self.in_ch), "out_h": float(self.out_h),
+                    "out_ch": float(self.out_ch), "flops": cost["flops"], "params": cost["params"],
+                    "weight_bytes": 4.0 * cost["params"], "act_bytes": 4.0 * acts})
+        return out
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def is_nb201_op_key(key: object) -> bool:
+    """Whether ``key`` names an op of the NAS-Bench-201 network (by its prefix; :meth:`NB201Op.parse` checks it)."""
+    return isinstance(key, str) and key.startswith(NB201_OP_PREFIX)
+
+
+def nb201_ops() -> list[NB201Op]:
+    """The distinct ops of the standard network (what `latbench ops --space nasbench201` lists)."""
+    return [NB201Op.parse(k) for k in nb201_op_costs()]
+
+
+def nb201_measured_ops() -> list[NB201Op]:
+    """The ops a campaign times (:func:`nb201_ops` but the free ones, :data:`NB201_FREE_OPS`)."""
+    return [op for op in nb201_ops() if op.kind not in NB201_FREE_OPS]
+
+
+def nb201_arch_ops(arch_str: str) -> list[NB201Op]:
+    """The ops of the whole network of a cell string that cost time, with repetition (stem; per stage N
+    cells × its non-free edges; the two reduction blocks; the head): what a LUT sums. The identity edges
+    (:data:`NB201_FREE_OPS`) and the cells' node sums are not ops (the calibration offset holds the sums)."""
+    ops = parse_nb201(arch_str)
+    out: list[NB201Op] = []
+    for op in nb201_ops():
+        if op.kind in NB201_FREE_OPS:
+            continue
+        if op.kind in NB201_OPS:
+            out += [op] * (NB201_N * ops.count(op.kind))
+        else:
+            out.append(op)
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latbench.nasbench201 import NB201_C, NB201_CLASSES, NB201_EDGES, NB201_N, parse_nb201
+from latbench.nasbench201 import NB201_C, NB201_CLASSES, NB201_EDGES, NB201_N, NB201Op, parse_nb201
 
 
 class ReLUConvBN(nn.Sequential):
@@ -93,3 +93,27 @@ class NB201Network(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.global_pooling(self.lastact(self.cells(self.stem(x))))
         return self.classifier(out.flatten(1))
+
+
+class Head(nn.Module):
+    """The classifier of the network: ``BN + ReLU``, global average pool, ``Linear``."""
+
+    def __init__(self, c: int, n_classes: int) -> None:
+        super().__init__()
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.global_pooling(self.lastact(x)).flatten(1))
+
+
+def nb201_op_module(op: NB201Op) -> nn.Module:
+    """The module of one op of the network (:class:`latbench.nasbench201.NB201Op`), as the network builds it."""
+    if op.kind == "stem":
+        return nn.Sequential(nn.Conv2d(op.in_ch, op.out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(op.out_ch))
+    if op.kind == "resblock":
+        return ResNetBasicblock(op.in_ch, op.out_ch)
+    if op.kind == "head":
+        return Head(op.in_ch, op.out_ch)
+    return edge_op(op.kind, op.in_ch)

@@ -18,8 +18,9 @@ from typing import Any
 
 from latbench.errors import LatbenchError
 from latbench.features import op_features
-from latbench.nasbench201 import (NB201_CLASSES, NB201_OPS, NB201_RESOLUTION, NB201_SIZE, nb201_cost,
-                                  nb201_op_costs, nb201_resolve, nb201_sample)
+from latbench.nasbench201 import (NB201_CLASSES, NB201_OPS, NB201_RESOLUTION, NB201_SIZE, NB201Op, is_nb201_op_key,
+                                  nb201_arch_ops, nb201_cost, nb201_measured_ops, nb201_op_costs, nb201_resolve,
+                                  nb201_sample)
 from latbench.space import Arch, Space
 
 DEFAULT_SPACE = "proxylessnas"
@@ -40,6 +41,20 @@ class SearchSpace:
     ops: Callable[[], list[tuple[str, dict[str, float]]]]
     sample: Callable[[int, int], list[dict[str, Any]]]
     resolve: Callable[[str], dict[str, Any]]
+    #: The op keys a campaign times (``ops`` but those that compute nothing); ``None``: all of ``ops``.
+    measured: Callable[[], list[str]] | None = None
+    #: The timed op keys of one architecture, with repetition (what a LUT sums); ``None``: not op-decomposed.
+    ops_of: Callable[[dict[str, Any]], list[str]] | None = None
+
+    def measured_ops(self) -> list[str]:
+        """Keys of every op of the space a campaign times (what a LUT of the whole space needs)."""
+        return self.measured() if self.measured else [k for k, _ in self.ops()]
+
+    def arch_ops(self, arch: dict[str, Any]) -> list[str]:
+        """The timed op keys of an architecture of this space, with repetition."""
+        if self.ops_of is None:
+            raise SpaceError(f"the {self.name} space does not list an architecture's ops")
+        return self.ops_of(arch)
 
     def key(self, arch: dict[str, Any]) -> str:
         """The table key of an architecture of this space."""
@@ -82,7 +97,8 @@ SPACES: dict[str, SearchSpace] = {
         NB201, "NAS-Bench-201 cell (6 edges x none/skip_connect/nor_conv_1x1/nor_conv_3x3/avg_pool_3x3) in the "
         f"standard skeleton: 3 stages x 5 cells, C=16/32/64, {NB201_RESOLUTION}x{NB201_RESOLUTION}, "
         f"{NB201_CLASSES} classes; official strings and indices", str(NB201_SIZE), _nb201_ops, _nb201_sample,
-        lambda text: nb201_arch(text)),
+        lambda text: nb201_arch(text), lambda: [o.key for o in nb201_measured_ops()],
+        lambda arch: [o.key for o in nb201_arch_ops(arch["arch_str"])]),
 }
 
 
@@ -145,5 +161,33 @@ def build_arch(arch: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     return build_network(a), (1, 3, a.resolution, a.resolution)
 
 
+def space_of_op_key(key: str) -> str:
+    """The space an op key belongs to (``nb201-…`` keys are NAS-Bench-201's, every other the default space's)."""
+    return NB201 if is_nb201_op_key(key) else DEFAULT_SPACE
+
+
+def describe_space_op(key: str) -> dict[str, Any]:
+    """Row fields of an op of another space than the default (shape fields and features)."""
+    op = NB201Op.parse(key)
+    return {"kind": op.kind, "space": NB201, "in_h": op.in_h, "in_w": op.in_h, "in_ch": op.in_ch,
+            "out_h": op.out_h, "out_w": op.out_h, "out_ch": op.out_ch, **op.features()}
+
+
+def build_space_op(key: str) -> tuple[Any, tuple[int, ...]]:
+    """The eval-mode module of an op of another space than the default (weights seeded from its key) and its
+    input shape."""
+    import torch
+
+    from latbench.modules import randomize_bn, seed_of
+    from latbench.nasbench201_net import nb201_op_module
+
+    op = NB201Op.parse(key)
+    torch.manual_seed(seed_of(key))
+    m = nb201_op_module(op)
+    randomize_bn(m, torch.Generator().manual_seed(seed_of("bn:" + key)))
+    return m.eval(), (1, op.in_ch, op.in_h, op.in_h)
+
+
 __all__ = ["DEFAULT_SPACE", "NB201", "NB201_OPS", "SPACES", "SearchSpace", "SpaceError", "arch_key", "build_arch",
-           "check_skeleton_args", "describe_arch", "get_space", "nb201_arch", "space_of"]
+           "build_space_op", "check_skeleton_args", "describe_arch", "describe_space_op", "get_space", "nb201_arch",
+           "space_of", "space_of_op_key"]

@@ -25,9 +25,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec
+from latbench.nasbench201 import NB201_CLASSES, NB201_RESOLUTION, nb201_arch_ops
 from latbench.space import FIRST_BLOCK_CANDIDATES, MBCONV_CANDIDATES, ZERO, Arch, Space, infer_space, space_to_dict
+from latbench.spaces import DEFAULT_SPACE, NB201, SpaceError, arch_key, get_space, nb201_arch, space_of
 from predictors.calibration import check_calibration, fit_calibration_line
-from predictors.data import OpData, check_latency, op_data
+from predictors.data import OpData, check_latency, op_data, parse_op
 from predictors.io import save_predictor
 
 log = logging.getLogger(__name__)
@@ -80,18 +82,38 @@ class BasePredictor(RegressorMixin, BaseEstimator):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first "
                                  "(or load a fitted one with predictors.load_predictor)")
 
+    @property
+    def search_space(self) -> str:
+        """The registered search space (:mod:`latbench.spaces`) whose ops the predictor was fitted on."""
+        self._check_fitted()
+        return str(getattr(self, "search_space_", None) or DEFAULT_SPACE)
+
     def fit(self, X: Any, y: Any = None, **kwargs: Any) -> BasePredictor:
         """Fit on op tables (paths, a DataFrame, a list of them) or on ``(ops, ms)``.
 
         Keyword ``resolution``/``width_mult``/``n_classes`` override the inferred deployment space.
+        Keyword ``space`` (a registered search space name, see :mod:`latbench.spaces`) checks that the ops are
+        that space's (by default the space is the one the op keys belong to).
         """
-        data = op_data(X, y, stat=getattr(self, "stat", "median_ms"))
         space_kw = {k: kwargs.pop(k) for k in ("resolution", "width_mult", "n_classes") if k in kwargs}
+        want = kwargs.pop("space", None)
+        data = op_data(X, y, stat=getattr(self, "stat", "median_ms"),
+                       space=get_space(want).name if want is not None else None)
         if kwargs:
             raise LatbenchError(f"unknown fit arguments: {', '.join(kwargs)}")
+        if want is not None and get_space(want).name != data.space:
+            raise SpaceError(f"{data.source}: these are {data.space} op tables, not {get_space(want).name} ones; "
+                             f"pass --space {data.space} or that space's tables")
+        if data.space != DEFAULT_SPACE and {k: v for k, v in space_kw.items() if v is not None}:
+            raise SpaceError(f"the {data.space} space has a fixed skeleton; resolution/width/classes apply to "
+                             f"{DEFAULT_SPACE} only")
         self._reset()
+        self.search_space_ = data.space
         self._fit_ops(data)
-        self.space_ = space_to_dict(infer_space([o.key for o in data.ops], **space_kw))
+        if data.space == DEFAULT_SPACE:
+            self.space_ = space_to_dict(infer_space([o.key for o in data.ops], **space_kw))
+        else:
+            self.space_ = {"resolution": NB201_RESOLUTION, "width_mult": 1.0, "n_classes": NB201_CLASSES}
         self.device_, self.backend_, self.target_ = data.device, data.backend, data.target
         self.n_train_ = len(data.ops)
         self.calibration_ = {"scale": 1.0, "offset": 0.0, "n": 0}
@@ -124,7 +146,7 @@ class BasePredictor(RegressorMixin, BaseEstimator):
     def predict_ops(self, ops: Sequence[OpSpec | str]) -> np.ndarray:
         """Latency (ms) of each op (calibration scale applied; the per-network offset is not)."""
         self._check_fitted()
-        specs = [o if isinstance(o, OpSpec) else OpSpec.parse(o) for o in ops]
+        specs = [parse_op(o, self.search_space) for o in ops]
         raw = self._raw_op_ms(specs)
         bad = np.flatnonzero(np.isnan(raw))
         if bad.size:
@@ -137,9 +159,9 @@ class BasePredictor(RegressorMixin, BaseEstimator):
         return float(np.sum(self.predict_ops(ops)) + self.offset_)
 
     def _missing(self, key: str, space: Space | None) -> MissingOpError:
-        dep = self.deployment_space()
+        dep = self.deployment_space() if space is not None else None
         where = ""
-        if space is not None and space != dep:
+        if dep is not None and space is not None and space != dep:
             where = (f" (the architecture is at resolution {space.resolution}, width {space.width_mult:g}, "
                      f"{space.n_classes} classes; the table covers resolution {dep.resolution}, width "
                      f"{dep.width_mult:g}, {dep.n_classes} classes)")
@@ -148,8 +170,12 @@ class BasePredictor(RegressorMixin, BaseEstimator):
 
     # -- spaces ----------------------------------------------------------------------------------------
     def deployment_space(self) -> Space:
-        """The space the predictor was fitted for (resolution, width multiplier, classes)."""
+        """The space the predictor was fitted for (resolution, width multiplier, classes); ProxylessNAS
+        predictors only (the per-layer matrix the search uses)."""
         self._check_fitted()
+        if self.search_space != DEFAULT_SPACE:
+            raise SpaceError(f"this predictor is for the {self.search_space} space; the ProxylessNAS search, net "
+                             f"configs and per-layer tables need a {DEFAULT_SPACE} predictor")
         s = self.space_
         return Space(int(s["resolution"]), float(s["width_mult"]), int(s["n_classes"]))
 
@@ -211,11 +237,53 @@ class BasePredictor(RegressorMixin, BaseEstimator):
                 pass
         raise LatbenchError(f"expected an Arch (or its dict/JSON), got {type(a).__name__}")
 
+    def _as_space_arch(self, a: Any) -> Any:
+        """An architecture of the predictor's search space: an :class:`Arch` for ProxylessNAS, for another
+        space its plain dict (:func:`latbench.spaces.nb201_arch`: from that dict, an official string or
+        index); an architecture of another space is a one-line :class:`SpaceError`."""
+        space = self.search_space
+        if space == DEFAULT_SPACE:
+            if isinstance(a, dict) and space_of(a) != DEFAULT_SPACE or isinstance(a, int) or \
+                    isinstance(a, str) and a.strip().startswith("|"):
+                theirs = space_of(a) if isinstance(a, dict) else NB201
+                raise SpaceError(f"this predictor is for the {DEFAULT_SPACE} space but the architecture is a "
+                                 f"{theirs} one; use a predictor fitted on {theirs} tables "
+                                 f"(fit-predictor --space {theirs})")
+            return self._as_arch(a)
+        if isinstance(a, Arch) or isinstance(a, dict) and space_of(a) != space:
+            theirs = space_of(a.to_dict() if isinstance(a, Arch) else a)
+            raise SpaceError(f"this predictor is for the {space} space but the architecture is a {theirs} one; "
+                             f"use a predictor fitted on {theirs} tables")
+        if isinstance(a, dict):
+            return nb201_arch(a.get("arch_str") or int(a["arch_index"]))
+        if isinstance(a, str) and a.strip().startswith("{"):
+            return self._as_space_arch(json.loads(a))
+        if isinstance(a, (str, int)) and not isinstance(a, bool):
+            return nb201_arch(a)
+        raise LatbenchError(f"expected a {space} architecture (official string, index or its dict), "
+                            f"got {type(a).__name__}")
+
+    def _predict_raw_space(self, archs: Sequence[Any]) -> np.ndarray:
+        """Uncalibrated Σ op latencies per arch of another space than ProxylessNAS (NAS-Bench-201: the
+        ops of :func:`latbench.nasbench201.nb201_arch_ops`)."""
+        arch_ops = [nb201_arch_ops(self._as_space_arch(a)["arch_str"]) for a in archs]
+        distinct = list(dict.fromkeys(op for ops in arch_ops for op in ops))
+        raw = dict(zip(distinct, self._raw_op_ms(distinct)))
+        out = np.empty(len(archs))
+        for i, ops in enumerate(arch_ops):
+            bad = next((op for op in ops if np.isnan(raw[op])), None)
+            if bad is not None:
+                raise self._missing(bad.key, None)
+            out[i] = float(sum(raw[op] for op in ops))
+        return out
+
     def _predict_raw(self, archs: Sequence[Any]) -> np.ndarray:
         """Uncalibrated Σ op latencies per arch, vectorised over archs of the same space."""
+        if self.search_space != DEFAULT_SPACE:
+            return self._predict_raw_space(archs)
         out = np.empty(len(archs))
         groups: dict[Space, list[int]] = {}
-        arch_list = [self._as_arch(a) for a in archs]
+        arch_list = [self._as_space_arch(a) for a in archs]
         for i, a in enumerate(arch_list):
             groups.setdefault(a.space, []).append(i)
         for space, members in groups.items():
@@ -238,7 +306,7 @@ class BasePredictor(RegressorMixin, BaseEstimator):
     def predict(self, archs: Any) -> float | np.ndarray:
         """Latency (ms) of an architecture, or an array for a list of them."""
         self._check_fitted()
-        single = isinstance(archs, (Arch, dict, str))
+        single = isinstance(archs, (Arch, dict, str, int))
         items = [archs] if single else list(archs)
         pred = self._predict_raw(items) * self.scale_ + self.offset_
         return float(pred[0]) if single else pred
@@ -269,7 +337,8 @@ class BasePredictor(RegressorMixin, BaseEstimator):
             raise LatbenchError(f"calibration needs one measured latency per arch (got {len(archs)} archs, "
                                 f"{y.size} latencies)")
         for a, v in zip(archs, y):
-            check_latency(v, self._as_arch(a).key, "calibration")
+            arch = self._as_space_arch(a)
+            check_latency(v, arch.key if isinstance(arch, Arch) else arch_key(arch), "calibration")
         scale, offset, used = fit_calibration_line(self._predict_raw(archs), y, mode)
         self.calibration_ = check_calibration({"scale": scale, "offset": offset, "n": len(archs), "mode": used},
                                               "the fitted calibration")
@@ -282,13 +351,14 @@ class BasePredictor(RegressorMixin, BaseEstimator):
         return save_predictor(self, path)
 
     def _base_state(self) -> dict[str, Any]:
-        return {"space": dict(self.space_), "device": self.device_, "backend": self.backend_,
-                "target": self.target_, "n_train": int(self.n_train_),
+        return {"space": dict(self.space_), "search_space": self.search_space, "device": self.device_,
+                "backend": self.backend_, "target": self.target_, "n_train": int(self.n_train_),
                 "calibration": {k: (v if isinstance(v, str) else float(v)) for k, v in self.calibration_.items()}}
 
     def _load_base_state(self, s: dict[str, Any]) -> None:
         self._reset()
         self.space_ = dict(s["space"])
+        self.search_space_ = get_space(s.get("search_space") or DEFAULT_SPACE).name  # older files: the default
         self.device_, self.backend_, self.target_ = s.get("device"), s.get("backend"), s.get("target")
         self.n_train_ = int(s.get("n_train", 0))
         self.calibration_ = check_calibration(s.get("calibration") or {"scale": 1.0, "offset": 0.0, "n": 0})
@@ -307,4 +377,5 @@ class BasePredictor(RegressorMixin, BaseEstimator):
         """A short summary for CLIs and logs."""
         self._check_fitted()
         return {"kind": self.kind, "device": self.device_, "backend": self.backend_, "n_train": self.n_train_,
-                "space": dict(self.space_), "calibration": dict(self.calibration_)}
+                "space": dict(self.space_), "calibration": dict(self.calibration_),
+                "search_space": self.search_space}

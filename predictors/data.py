@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from latbench.errors import LatbenchError
+from latbench.nasbench201 import NB201Op
 from latbench.ops import OpSpec
+from latbench.spaces import DEFAULT_SPACE, NB201, space_of_op_key
 from latbench.tables import ok_mask, read_table
 
 log = logging.getLogger(__name__)
@@ -19,14 +21,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OpData:
-    """Validated training data: op specs, latencies (ms) and where they came from."""
+    """Validated training data: op specs, latencies (ms), the search space they belong to and where they came
+    from (:class:`~latbench.ops.OpSpec` for the default space, :class:`~latbench.nasbench201.NB201Op` for
+    ``nasbench201``)."""
 
-    ops: list[OpSpec]
+    ops: list[Any]
     ms: np.ndarray
     device: str | None = None
     backend: str | None = None
     target: str | None = None
     source: str = "data"
+    space: str = DEFAULT_SPACE
+
+
+def parse_op(key: Any, space: str = DEFAULT_SPACE) -> Any:
+    """An op of ``space`` from its key (an already parsed op passes through); a one-line error for a key of
+    another space."""
+    if isinstance(key, (OpSpec, NB201Op)):
+        key = key.key
+    if isinstance(key, str) and space_of_op_key(key) != space:
+        raise LatbenchError(f"op {key} belongs to the {space_of_op_key(key)} space, not {space}; use a "
+                            f"predictor fitted on {space_of_op_key(key)} tables (fit-predictor --space "
+                            f"{space_of_op_key(key)})")
+    return NB201Op.parse(key) if space == NB201 else OpSpec.parse(key)
+
+
+def space_of_keys(keys: Any, source: str = "data") -> str:
+    """The one search space the op keys belong to; a one-line error when they mix spaces."""
+    spaces = sorted({space_of_op_key(k) if isinstance(k, str) else
+                     (NB201 if isinstance(k, NB201Op) else DEFAULT_SPACE) for k in keys})
+    if len(spaces) > 1:
+        raise LatbenchError(f"{source}: the tables mix ops of the {' and '.join(spaces)} search spaces; fit one "
+                            "predictor per space (pass only that space's tables, with --space NAME)")
+    return spaces[0] if spaces else DEFAULT_SPACE
 
 
 def frame_of(X: Any) -> tuple[pd.DataFrame, str]:
@@ -53,20 +80,24 @@ def _single(df: pd.DataFrame, col: str, source: str) -> str | None:
     return vals[0] if vals else None
 
 
-def op_data(X: Any, y: Any = None, stat: str = "median_ms") -> OpData:
+def op_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None = None) -> OpData:
     """Turn tables / a DataFrame / ``(ops, ms)`` into validated :class:`OpData`.
 
     Error rows are skipped (logged); an ``ok`` row with a NaN or non-positive latency, a table that
-    mixes devices or backends, an arch table, or an unparsable key is a one-line error.
+    mixes devices or backends, an arch table, or an unparsable key is a one-line error. Tables whose ops
+    belong to several search spaces are an error too, unless ``space`` names the one to keep (one
+    ``--out`` directory gathers every space's ops in its op table): the other rows are then skipped (logged).
     """
     if y is not None:
-        ops = [o if isinstance(o, OpSpec) else OpSpec.parse(o) for o in X]
+        X = list(X)
+        space = space_of_keys(X, "ops")
+        ops = [parse_op(o, space) for o in X]
         ms = np.asarray(y, dtype=float)
         if ms.shape != (len(ops),):
             raise LatbenchError(f"got {len(ops)} ops but {ms.size} latencies")
         for op, v in zip(ops, ms):
             check_latency(v, op.key, "latencies")
-        return OpData(ops, ms)
+        return OpData(ops, ms, space=space)
     df, source = frame_of(X)
     if df.empty:
         raise LatbenchError(f"{source}: the table is empty (measure some ops first)")
@@ -91,10 +122,21 @@ def op_data(X: Any, y: Any = None, stat: str = "median_ms") -> OpData:
         log.warning("%s: %d of %d ops are flagged unstable (CI above the campaign's target), e.g. %s; "
                     "re-measure them on a quieter machine for a better predictor", source, len(bad), len(df),
                     bad.iloc[0])
+    if space is not None:
+        mine = df["key"].map(lambda k: space_of_op_key(str(k)) == space)
+        if not mine.all():
+            others = sorted({space_of_op_key(str(k)) for k in df.loc[~mine, "key"]})
+            if not mine.any():
+                raise LatbenchError(f"{source}: no {space} ops in these tables (they hold {', '.join(others)} "
+                                    f"ops); pass that space's tables or --space {others[0]}")
+            log.warning("%s: keeping the %d %s ops, skipping %d rows of the %s space", source, int(mine.sum()),
+                        space, int((~mine).sum()), ", ".join(others))
+            df = df[mine]
+    space = space_of_keys(df["key"], source)
     ops, ms = [], []
     for key, v in zip(df["key"], df[stat]):
         try:
-            op = OpSpec.parse(key)
+            op = parse_op(key, space)
         except LatbenchError as e:
             raise LatbenchError(f"{source}: {e}") from None
         check_latency(v, key, source, stat)
@@ -108,7 +150,7 @@ def op_data(X: Any, y: Any = None, stat: str = "median_ms") -> OpData:
         first.setdefault(op.key, op)
     keys = list(by_key)
     return OpData([first[k] for k in keys], np.array([float(np.median(by_key[k])) for k in keys]),
-                  device, backend, target, source)
+                  device, backend, target, source, space)
 
 
 def check_latency(v: Any, key: str, source: str, what: str = "latency") -> float:

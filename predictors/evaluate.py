@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latbench.campaign import measure_archs
+from latbench.campaign import Job, measure_archs, measure_jobs
 from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.metrics import accuracy_metrics
 from latbench.space import Arch, Space, random_archs
-from latbench.tables import ok_rows, table_path
+from latbench.spaces import DEFAULT_SPACE, get_space, space_of_op_key
+from latbench.tables import ok_rows, read_table, table_path
 from predictors.base import BasePredictor
 from predictors.lut import LUTPredictor
 
@@ -145,6 +146,9 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     pred._check_fitted()
     device = device if isinstance(device, Device) else get_device(str(device))
     check_device(pred, device.name)
+    if pred.search_space != DEFAULT_SPACE:
+        return evaluate_space_predictor(pred, device, n, out_dir, seed, backend, calibrate, report_dir, name,
+                                        progress, joint)
     space = pred.deployment_space()
     archs = sample_archs(space, n, seed)
     cal = sample_archs(space, calibrate, seed + 10_000, exclude=[a.key for a in archs]) if calibrate else []
@@ -186,6 +190,71 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     table.to_csv(report_dir / f"{name}-eval.csv", index=False)
     result["table"] = str(report_dir / f"{name}-eval.csv")
     title = f"{name} on {device.name} (r{space.resolution}, n={len(archs)})"
+    result["plot"] = str(scatter_plot(predicted, measured, report_dir / f"{name}-eval.png", title,
+                                      result["metrics"]))
+    (report_dir / f"{name}-eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    result["json"] = str(report_dir / f"{name}-eval.json")
+    return result
+
+
+def evaluate_space_predictor(pred: BasePredictor, device: Device, n: int = 200, out_dir: str | Path = "data",
+                             seed: int = 0, backend: str | None = None, calibrate: int = 0,
+                             report_dir: str | Path | None = None, name: str = "predictor", progress: bool = False,
+                             joint: bool = False) -> dict[str, Any]:
+    """:func:`evaluate_predictor` for a predictor of another space than ProxylessNAS (NAS-Bench-201): the
+    space's seeded draw of ``n + calibrate`` networks (the first ``n`` evaluated, the rest calibrate; the
+    same draw as ``latbench measure --space NAME --archs N --seed S``), with ``joint`` their ops timed in the
+    same campaign (all a LUT of them needs). Same outputs; the per-arch table has ``arch_str``/``arch_index``."""
+    space = get_space(pred.search_space)
+    drawn = space.sample(n + calibrate, seed)
+    archs, cal = drawn[:n], drawn[n:]
+    jobs = [Job.network(a) for a in interleave(archs, cal)]
+    if joint:
+        jobs += [Job.space_op(key) for key in dict.fromkeys(k for a in drawn for k in space.arch_ops(a))]
+    df = measure_jobs(jobs, device, out_dir, backend, progress=progress)
+    keys = {space.key(a) for a in drawn}
+    ok = ok_rows(df) if len(df) else df
+    ok = ok[ok["key"].isin(keys)].drop_duplicates("key", keep="last") if len(ok) else ok
+    if not len(ok):
+        raise LatbenchError(f"no architecture could be measured on {device.name} (see the errors in the archs "
+                            f"table under {out_dir})")
+    ms = dict(zip(ok["key"], ok["median_ms"].astype(float)))
+    archs = [a for a in archs if space.key(a) in ms]
+    cal = [a for a in cal if space.key(a) in ms]
+    if calibrate and not cal:
+        raise LatbenchError("none of the calibration architectures could be measured")
+    measured = np.array([ms[space.key(a)] for a in archs])
+    cal_ms = np.array([ms[space.key(a)] for a in cal])
+    if not archs:
+        raise LatbenchError("none of the evaluated architectures could be measured")
+    floor = noise_floor(ok[ok["key"].isin({space.key(a) for a in archs})])
+    result: dict[str, Any] = {"predictor": pred.describe(), "device": device.name, "seed": seed,
+                              "space": dict(pred.space_), "search_space": space.name}
+    predicted = np.asarray(pred.predict(archs))
+    result["metrics"] = accuracy_metrics(predicted, measured)
+    if joint:
+        ops = read_table(table_path(out_dir, device.name, ok["backend"].iloc[0], "ops"))
+        ops = ops[ops["key"].map(lambda k: space_of_op_key(str(k)) == space.name)]
+        lut = LUTPredictor().fit(ops, space=space.name)
+        if calibrate:
+            lut.fit_calibration(cal, cal_ms)
+        result["metrics_joint_lut"] = {**accuracy_metrics(np.asarray(lut.predict(archs)), measured),
+                                       "noise_floor_pct": floor}
+    if calibrate:
+        pred.fit_calibration(cal, cal_ms)
+        result["metrics_raw"] = result["metrics"]
+        predicted = np.asarray(pred.predict(archs))
+        result["metrics"] = accuracy_metrics(predicted, measured)
+        result["calibration"] = dict(pred.calibration_)
+    result["metrics"]["noise_floor_pct"] = floor
+    report_dir = Path(report_dir) if report_dir else Path(out_dir) / device.name / "eval"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"key": [space.key(a) for a in archs], "arch_str": [a["arch_str"] for a in archs],
+                          "arch_index": [int(a["arch_index"]) for a in archs], "measured_ms": measured,
+                          "predicted_ms": predicted, "error_pct": 100 * (predicted - measured) / measured})
+    table.to_csv(report_dir / f"{name}-eval.csv", index=False)
+    result["table"] = str(report_dir / f"{name}-eval.csv")
+    title = f"{name} on {device.name} ({space.name}, n={len(archs)})"
     result["plot"] = str(scatter_plot(predicted, measured, report_dir / f"{name}-eval.png", title,
                                       result["metrics"]))
     (report_dir / f"{name}-eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")

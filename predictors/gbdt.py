@@ -13,14 +13,17 @@ The model is a product of two parts, fitted in order:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from latbench.errors import LatbenchError
 from latbench.features import FEATURE_NAMES, op_features
+from latbench.nasbench201 import NB201_OP_FEATURE_NAMES, NB201_OP_KINDS, NB201Op
 from latbench.ops import OpSpec
+from latbench.spaces import DEFAULT_SPACE, NB201
 from predictors.base import BasePredictor
 from predictors.data import OpData
 from predictors.io import register_predictor
@@ -49,6 +52,39 @@ def _base_design(F: np.ndarray) -> np.ndarray:
     col = {n: F[:, i] for i, n in enumerate(FEATURE_NAMES)}
     dense = col["flops"] - col["flops_depthwise"]
     return np.stack([col[n] if n != "dense_flops" else dense for n in BASE_TERMS], axis=1)
+
+
+def _nb201_matrix(ops: Sequence[NB201Op]) -> np.ndarray:
+    return np.array([[op.features()[n] for n in NB201_OP_FEATURE_NAMES] for op in ops], dtype=float).reshape(
+        len(ops), len(NB201_OP_FEATURE_NAMES))
+
+
+_NB201_BASE_TERMS = tuple(f"is_{k}" for k in NB201_OP_KINDS) + ("flops", "act_bytes", "weight_bytes")
+
+
+def _nb201_design(F: np.ndarray) -> np.ndarray:
+    return np.stack([F[:, NB201_OP_FEATURE_NAMES.index(n)] for n in _NB201_BASE_TERMS], axis=1)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The op features of one search space: their names, the matrix of ops, the analytic base's design
+    (its terms) and the features whose fitted range is the domain."""
+
+    names: tuple[str, ...]
+    base_terms: tuple[str, ...]
+    domain: tuple[str, ...]
+    matrix: Callable[[Sequence[Any]], np.ndarray]
+    design: Callable[[np.ndarray], np.ndarray]
+
+
+#: Per search space (:mod:`latbench.spaces`): ProxylessNAS ops (:mod:`latbench.features`) and NAS-Bench-201
+#: ops (:meth:`latbench.nasbench201.NB201Op.features`: kind one-hot, shapes, FLOPs, params, bytes).
+FEATURE_SETS: dict[str, FeatureSet] = {
+    DEFAULT_SPACE: FeatureSet(FEATURE_NAMES, BASE_TERMS, DOMAIN_FEATURES, feature_matrix, _base_design),
+    NB201: FeatureSet(NB201_OP_FEATURE_NAMES, _NB201_BASE_TERMS,
+                      ("in_h", "in_ch", "out_ch", "flops", "act_bytes", "weight_bytes"), _nb201_matrix, _nb201_design),
+}
 
 
 @register_predictor
@@ -92,21 +128,27 @@ class GBDTPredictor(BasePredictor):
             raise LatbenchError(f"base_model must be 'linear' or 'none', got {self.base_model!r}")
         if len(data.ops) < 2:
             raise LatbenchError(f"GBDTPredictor needs at least 2 measured ops, got {len(data.ops)}")
-        F = feature_matrix(data.ops)
+        fs = FEATURE_SETS[data.space]
+        F = fs.matrix(data.ops)
         y = np.log(data.ms)
-        self.base_coef_ = self._fit_base(F, data.ms) if self.base_model == "linear" else []
-        target = y - np.log(self._base(F))
-        dtrain = xgb.DMatrix(F, label=target, feature_names=list(FEATURE_NAMES))
+        self.base_coef_ = self._fit_base(F, data.ms, fs) if self.base_model == "linear" else []
+        target = y - np.log(self._base(F, fs))
+        dtrain = xgb.DMatrix(F, label=target, feature_names=list(fs.names))
         self.booster_ = xgb.train(self._xgb_params(), dtrain, num_boost_round=int(self.n_estimators))
         self.train_rmse_log_ = float(np.sqrt(np.mean((self.booster_.predict(dtrain) - target) ** 2)))
-        cols = [FEATURE_NAMES.index(n) for n in DOMAIN_FEATURES]
-        self.domain_ = {n: [float(F[:, c].min()), float(F[:, c].max())] for n, c in zip(DOMAIN_FEATURES, cols)}
+        cols = [fs.names.index(n) for n in fs.domain]
+        self.domain_ = {n: [float(F[:, c].min()), float(F[:, c].max())] for n, c in zip(fs.domain, cols)}
+
+    @property
+    def _features(self) -> FeatureSet:
+        return FEATURE_SETS[self.search_space]
 
     def _check_domain(self, ops: Sequence[OpSpec], F: np.ndarray) -> None:
         """Refuse (or, with ``allow_extrapolation``, warn about) ops far outside the fitted domain."""
         domain = getattr(self, "domain_", None) or {}
+        names = self._features.names
         for name, (lo, hi) in domain.items():
-            v = F[:, FEATURE_NAMES.index(name)]
+            v = F[:, names.index(name)]
             far = (v > hi * FAR) | ((lo > 0) & (v < lo / FAR))
             if not far.any():
                 continue
@@ -120,10 +162,10 @@ class GBDTPredictor(BasePredictor):
             log.warning("%s", msg)
             return
 
-    def _fit_base(self, F: np.ndarray, ms: np.ndarray) -> list[float]:
+    def _fit_base(self, F: np.ndarray, ms: np.ndarray, fs: FeatureSet) -> list[float]:
         from scipy.optimize import nnls  # deferred: scipy.optimize is slow to import, only fitting needs it
 
-        X = _base_design(F)
+        X = fs.design(F)
         scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)  # conditioning
         A = (X / scale) / ms[:, None]  # relative error: (X·c)/y ≈ 1
         coef, _ = nnls(A, np.ones(len(ms)))
@@ -133,10 +175,10 @@ class GBDTPredictor(BasePredictor):
                                 "use base_model='none'")
         return [float(c) for c in coef]
 
-    def _base(self, F: np.ndarray) -> np.ndarray:
+    def _base(self, F: np.ndarray, fs: FeatureSet | None = None) -> np.ndarray:
         if not self.base_coef_:
             return np.ones(len(F))
-        b = _base_design(F) @ np.asarray(self.base_coef_)
+        b = (fs or self._features).design(F) @ np.asarray(self.base_coef_)
         return np.maximum(b, 1e-6)  # a kind never seen with zero flops must not give log(0)
 
     def _raw_op_ms(self, ops: Sequence[OpSpec]) -> np.ndarray:
@@ -144,15 +186,17 @@ class GBDTPredictor(BasePredictor):
 
         if not ops:
             return np.zeros(0)
-        F = feature_matrix(ops)
+        fs = self._features
+        F = fs.matrix(ops)
         self._check_domain(ops, F)
-        corr = self.booster_.predict(xgb.DMatrix(F, feature_names=list(FEATURE_NAMES)))
+        corr = self.booster_.predict(xgb.DMatrix(F, feature_names=list(fs.names)))
         return self._base(F) * np.exp(corr.astype(float))
 
     # -- state ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
+        fs = self._features
         return {"model_ubj": bytes(self.booster_.save_raw(raw_format="ubj")),
-                "feature_names": list(FEATURE_NAMES), "base_terms": list(BASE_TERMS),
+                "feature_names": list(fs.names), "base_terms": list(fs.base_terms),
                 "base_coef": [float(c) for c in self.base_coef_],
                 "train_rmse_log": float(self.train_rmse_log_),
                 "domain": {k: [float(a), float(b)] for k, (a, b) in getattr(self, "domain_", {}).items()}}
@@ -160,8 +204,9 @@ class GBDTPredictor(BasePredictor):
     def _load_state(self, state: dict[str, Any]) -> None:
         import xgboost as xgb
 
-        if list(state.get("feature_names", [])) != list(FEATURE_NAMES) or \
-                list(state.get("base_terms", [])) != list(BASE_TERMS):
+        fs = self._features  # the base state (its search space) is loaded first
+        if list(state.get("feature_names", [])) != list(fs.names) or \
+                list(state.get("base_terms", [])) != list(fs.base_terms):
             raise LatbenchError("this GBDT predictor was trained on other op features than this latbench "
                                 "computes; refit it with `latbench fit-predictor --kind xgb`")
         raw = state.get("model_ubj")
@@ -176,7 +221,7 @@ class GBDTPredictor(BasePredictor):
         self.base_coef_ = [float(c) for c in state.get("base_coef", [])]
         self.train_rmse_log_ = float(state.get("train_rmse_log", float("nan")))
         domain = state.get("domain") or {}  # files written before the domain was kept: no check
-        if not isinstance(domain, dict) or any(k not in DOMAIN_FEATURES or not isinstance(v, list) or len(v) != 2
+        if not isinstance(domain, dict) or any(k not in fs.domain or not isinstance(v, list) or len(v) != 2
                                                for k, v in domain.items()):
             raise LatbenchError("GBDT state has a malformed fitted domain; refit the predictor")
         self.domain_ = {k: [float(v[0]), float(v[1])] for k, v in domain.items()}

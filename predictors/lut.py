@@ -16,7 +16,7 @@ import yaml
 from latbench.errors import LatbenchError
 from latbench.ops import OpSpec
 from predictors.base import BasePredictor
-from predictors.data import OpData, check_latency
+from predictors.data import OpData, check_latency, parse_op
 from predictors.io import register_predictor
 
 
@@ -106,7 +106,7 @@ class LUTPredictor(BasePredictor):
         if not isinstance(lat, dict):
             raise LatbenchError("LUT state has no 'latencies' mapping")
         for k, v in lat.items():
-            OpSpec.parse(k)
+            parse_op(k, self.search_space)  # the base state (its search space) is loaded first
             check_latency(v, k, "predictor file")
         self.latencies_ = {k: float(v) for k, v in lat.items()}
         self.stats_ = dict(state.get("stats") or {})

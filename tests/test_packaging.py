@@ -66,3 +66,22 @@ def test_installed_cli_lists_packaged_devices_and_ops(installed):
     res = run_installed(installed, "-m", "latbench", "ops")
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == 72
+
+
+def test_installed_wheel_ships_the_nasbench201_order(installed, tmp_path):
+    """The NAS-Bench-201 index ↔ string order is package data: the wheel resolves indices with an empty
+    shared directory."""
+    env_shared = tmp_path / "empty-shared"
+    env_shared.mkdir()
+    os.environ["LATBENCH_SHARED"], old = str(env_shared), os.environ.get("LATBENCH_SHARED")
+    try:
+        res = run_installed(installed, "-c", "import latbench.nasbench201 as n; print(n.ORDER_FILE); "
+                            "print(n.nb201_resolve(1462)[1])")
+    finally:
+        if old is None:
+            del os.environ["LATBENCH_SHARED"]
+        else:
+            os.environ["LATBENCH_SHARED"] = old
+    assert res.returncode == 0, res.stderr
+    path, arch = res.stdout.split()
+    assert Path(path).is_relative_to(installed) and arch.count("nor_conv_3x3") == 6

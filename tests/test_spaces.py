@@ -121,9 +121,11 @@ def test_cli_spaces_ops_and_errors(cli):
 
 def test_measure_nasbench201_network_over_real_rpc(cli, fast_device, cache_dir, tmp_path):
     """A real TVM compile of a whole NAS-Bench-201 network (a cheap cell: pools, skips, none; the stem and
-    reduction blocks are convolutions), checked against PyTorch, timed over RPC."""
+    reduction blocks are convolutions), checked against PyTorch, timed over RPC (the network alone: its ops
+    are timed in tests/test_spaces_predict.py)."""
     code, out, err = cli("measure", "--space", "nasbench201", "--space-arch", "10330", "--target", str(fast_device),
-                         "--cache", str(cache_dir), "--out", str(tmp_path), "--rounds", "1", "--max-visits", "2")
+                         "--cache", str(cache_dir), "--out", str(tmp_path), "--rounds", "1", "--max-visits", "2",
+                         "--no-ops")
     assert code == 0, err
     df = pd.read_parquet(tmp_path / "fast-cpu" / "archs-tvm.parquet")
     r = df.iloc[0]
@@ -131,3 +133,40 @@ def test_measure_nasbench201_network_over_real_rpc(cli, fast_device, cache_dir, 
     assert r["arch_str"] == nb201_resolve(10330)[1] and r["space"] == "nasbench201" and r["median_ms"] > 0
     assert r["max_abs_err"] < r["tolerance"]
     assert r["flops"] == nb201_cost(r["arch_str"])["flops"]
+
+
+def test_order_ships_with_the_package_and_agrees_with_the_published_table():
+    """The index ↔ string order comes from the package's own file (no shared directory needed: the suite
+    runs with LATBENCH_SHARED pointing anywhere); it round-trips, and equals the published HELP table's when
+    that table is present."""
+    from latbench.nasbench201 import ORDER_FILE, official_order, read_published_order
+    from latbench.paths import help_nb201_csv
+
+    assert ORDER_FILE.is_file() and ORDER_FILE.stat().st_size < 1_000_000
+    strs, index = official_order()
+    assert len(strs) == len(index) == NB201_SIZE
+    for i in (0, 1, 1462, 7777, 10330, NB201_SIZE - 1):
+        s = nb201_resolve(i)[1]
+        assert nb201_resolve(s) == (i, s) and nb201_str(parse_nb201(s)) == s and index[s] == i
+    if not help_nb201_csv().exists():
+        pytest.skip(f"published table {help_nb201_csv()} absent: round trip checked, agreement not")
+    assert read_published_order() == strs
+
+
+def test_order_needs_no_shared_dir(tmp_path, monkeypatch):
+    from latbench import nasbench201
+
+    monkeypatch.setenv("LATBENCH_SHARED", str(tmp_path))
+    nasbench201._official_order.cache_clear()
+    assert nb201_resolve(1) == (1, ISSUE_EXAMPLE) and nb201_sample(3, seed=0) == nb201_sample(3, seed=0)
+    with pytest.raises(AdaptError, match="published NAS-Bench-201 table .* is missing"):
+        nasbench201.read_published_order()
+
+
+def test_regenerated_order_file_is_the_shipped_one(tmp_path):
+    from latbench.nasbench201 import ORDER_FILE, write_order_file
+    from latbench.paths import help_nb201_csv
+
+    if not help_nb201_csv().exists():
+        pytest.skip(f"published table {help_nb201_csv()} absent")
+    assert write_order_file(tmp_path / "order.txt.gz").read_bytes() == ORDER_FILE.read_bytes()

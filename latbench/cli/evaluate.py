@@ -7,6 +7,7 @@ from pathlib import Path
 
 from latbench.devices import get_device
 from latbench.errors import LatbenchError
+from latbench.spaces import SpaceError, get_space
 from predictors import load_predictor, save_predictor
 from predictors.evaluate import evaluate_predictor, format_metrics
 
@@ -24,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", "-b", default=None, help="backend (default: the tvm default)")
     p.add_argument("--n", type=int, default=200, help="number of random architectures (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--space", default=None, metavar="NAME",
+                   help="search space to draw the architectures from (see `latbench spaces`; default: the "
+                        "predictor's, which its file records; another space than the predictor's is refused)")
     p.add_argument("--calibrate", type=int, default=0, metavar="K",
                    help="first fit the predictor's offset/scale on K other measured architectures")
     p.add_argument("--save-calibrated", default=None, metavar="PKL",
@@ -42,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.save_calibrated and not args.calibrate:
         raise LatbenchError("--save-calibrated needs --calibrate K")
     pred = load_predictor(args.predictor)
+    if args.space and get_space(args.space).name != pred.search_space:
+        want = get_space(args.space).name
+        raise SpaceError(f"{args.predictor} is a {pred.search_space} predictor, not a {want} one; fit one on {want} "
+                         f"tables (latbench fit-predictor --space {want})")
     device = get_device(args.target)
     res = evaluate_predictor(pred, device, args.n, args.out, args.seed, args.backend, args.calibrate,
                              args.report, name=Path(args.predictor).stem, progress=not args.json, joint=args.joint)

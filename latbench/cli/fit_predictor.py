@@ -6,6 +6,7 @@ import json
 
 from latbench.errors import LatbenchError
 from latbench.space import Arch
+from latbench.spaces import DEFAULT_SPACE, NB201, SpaceError, get_space, nb201_arch
 from latbench.tables import concat_tables, ok_rows
 from predictors import GBDTPredictor, LUTPredictor, save_predictor
 
@@ -34,12 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", nargs="+", metavar="ARCH_TABLE", default=None,
                    help="fit the offset/scale calibration on measured whole networks (archs-<backend>.parquet)")
     p.add_argument("--n-estimators", type=int, default=None, help="xgb only: boosting rounds")
+    p.add_argument("--space", default=None, metavar="NAME",
+                   help="search space of the tables (see `latbench spaces`; default: the space the op keys belong "
+                        "to, proxylessnas for its tables); nasbench201 fits on `measure --space nasbench201` tables")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
 
-def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[float]]:
-    """Archs and measured median ms from arch tables (ok rows; refuses another device's table)."""
+def calibration_data(paths: list[str], device: str | None, space: str = DEFAULT_SPACE) -> tuple[list, list[float]]:
+    """Archs and measured median ms from arch tables (ok rows; refuses another device's or space's table)."""
     df = concat_tables(paths)
     if "arch" not in df.columns:
         raise LatbenchError(f"{', '.join(paths)}: not an architecture table (no 'arch' column); "
@@ -48,7 +52,17 @@ def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[f
     if device and devices and devices != {device}:
         raise LatbenchError(f"calibration tables are from device {', '.join(sorted(devices))} but the op tables "
                             f"from {device!r}; calibrate with the same device's measurements")
+    spaces = sorted({str(s) for s in df["space"].dropna()}) if "space" in df else []
+    spaces = sorted(set(spaces) | ({DEFAULT_SPACE} if "space" not in df or df["space"].isna().any() else set()))
+    if len(spaces) > 1:
+        raise SpaceError(f"calibration tables mix networks of the {' and '.join(spaces)} search spaces; pass "
+                         "only one space's archs tables")
+    if spaces != [space]:
+        raise SpaceError(f"the calibration tables hold {spaces[0]} networks but the predictor is for the {space} "
+                         "space; calibrate with that space's archs tables")
     df = ok_rows(df)
+    if space == NB201:
+        return [nb201_arch(int(i)) for i in df["arch_index"]], [float(v) for v in df["median_ms"]]
     df = df[df["arch"].notna()]  # networks from net configs outside the space have no arch JSON to predict from
     archs = [Arch.from_dict(json.loads(a) if isinstance(a, str) else a, "calibration table") for a in df["arch"]]
     return archs, [float(v) for v in df["median_ms"]]
@@ -57,6 +71,8 @@ def calibration_data(paths: list[str], device: str | None) -> tuple[list, list[f
 def run(args: argparse.Namespace) -> int:
     space_kw = {k: getattr(args, k) for k in ("resolution", "width_mult", "n_classes") if getattr(args, k)}
     if args.proxylessnas_yaml:
+        if args.space and get_space(args.space).name != DEFAULT_SPACE:
+            raise SpaceError(f"--proxylessnas-yaml is a {DEFAULT_SPACE} table; drop --space {args.space}")
         if args.kind != "lut":
             raise LatbenchError("--proxylessnas-yaml gives a LUT; drop --kind xgb (or fit xgb on --table)")
         pred = LUTPredictor.from_proxylessnas_yaml(args.proxylessnas_yaml, **space_kw)
@@ -67,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
             pred = GBDTPredictor(**({"n_estimators": args.n_estimators} if args.n_estimators else {}))
         else:
             pred = LUTPredictor(fallback=GBDTPredictor() if args.fallback else None)
+        if args.space:
+            space_kw["space"] = get_space(args.space).name
         pred.fit(args.table, **space_kw)
     if args.calibration:
-        archs, ms = calibration_data(args.calibration, pred.device_)
+        archs, ms = calibration_data(args.calibration, pred.device_, pred.search_space)
         if not archs:
             raise LatbenchError("the calibration tables hold no successfully measured architectures")
         pred.fit_calibration(archs, ms)
@@ -80,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         sp = info["space"]
         cal = info["calibration"]
-        print(f"{pred.kind} predictor fitted on {info['n_train']} ops (device {info['device']}, resolution "
-              f"{sp['resolution']}, width {sp['width_mult']:g}); calibration scale {cal['scale']:.4f} "
-              f"offset {cal['offset']:.4f} ms → {path}")
+        where = (f"resolution {sp['resolution']}, width {sp['width_mult']:g}" if pred.search_space == DEFAULT_SPACE
+                 else f"space {pred.search_space}")
+        print(f"{pred.kind} predictor fitted on {info['n_train']} ops (device {info['device']}, {where}); "
+              f"calibration scale {cal['scale']:.4f} offset {cal['offset']:.4f} ms → {path}")
     return 0

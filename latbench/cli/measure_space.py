@@ -17,7 +17,9 @@ from latbench.tables import error_kinds, ok_rows
 
 
 def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
-    """Measure ``--archs N`` seeded random whole networks (and ``--arch SPEC`` ones) of ``--space``."""
+    """Measure ``--archs N`` seeded random whole networks (and ``--space-arch SPEC`` ones) of ``--space``, and
+    (unless ``--no-ops``) their distinct ops in the same interleaved rounds, as ``--archs`` does for ProxylessNAS:
+    networks go to the archs table, ops to the op table (what ``fit-predictor --space NAME`` fits on)."""
     space = get_space(args.space)
     check_skeleton_args(space, args.resolution, args.width_mult, args.n_classes)
     if args.artifacts or args.op or args.sample:
@@ -29,7 +31,9 @@ def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
     if not archs:
         raise LatbenchError(f"--space {space.name}: name what to measure with --archs N (seeded random networks, "
                             "--seed S) or --space-arch STRING|INDEX")
-    jobs = [Job.network(a) for a in archs]
+    jobs = list({j.key: j for j in (Job.network(a) for a in archs)}.values())
+    if getattr(args, "with_ops", True):  # the networks' ops in the same rounds, into the op table (--no-ops: not)
+        jobs += [Job.space_op(key) for key in dict.fromkeys(k for a in archs for k in space.arch_ops(a))]
     campaign = Campaign(device, get_backend(args.backend), Path(args.out), ArtifactCache(args.cache),
                         workers=args.workers, progress=True, plan=plan)
     try:
@@ -40,7 +44,7 @@ def run_space(args: argparse.Namespace, device: Device, plan: Plan) -> int:
         return 130
     if campaign.summary:
         print(f"campaign: {campaign.summary_line()}", file=sys.stderr)
-    keys = {j.key for j in jobs}
+    keys = {j.key for j in jobs if j.what == "archs"}
     df = df[df["key"].isin(keys)] if "key" in df else df
     if df.empty or "status" not in df:
         print(f"latbench: nothing was measured on {device.name}", file=sys.stderr)
