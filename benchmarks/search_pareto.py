@@ -316,10 +316,17 @@ def measure_all(nets: Sequence[Net], args: argparse.Namespace, b: Budget, out: P
     if b.measure_rounds:
         cmd += ["--rounds", str(b.measure_rounds)]
     t0 = time.perf_counter()
-    try:
-        run_cmd(cmd, args.timeout_measure, out / "measure.log")
-    except RuntimeError as e:  # some nets may have failed; take what came back
-        log.warning("measurement: %s", e)
+    while True:
+        left = args.timeout_measure - (time.perf_counter() - t0)
+        try:
+            run_cmd(cmd, left, out / "measure.log")
+        except RuntimeError as e:  # some nets may have failed; take what came back
+            if "is busy" in str(e) and left > 60:  # another campaign times on the device: one at a time
+                log.info("device %s busy with another campaign; retrying in 30 s", args.target)
+                time.sleep(30)
+                continue
+            log.warning("measurement: %s", e)
+        break
     from latbench.tables import ok_rows, read_table
 
     tables = sorted((out / "data").glob("*/archs-*.parquet")) + sorted((out / "data").glob("*/archs-*.journal*"))
