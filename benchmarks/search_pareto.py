@@ -433,15 +433,14 @@ def plot(rows: Sequence[dict[str, Any]], targets: Sequence[float], path: Path, t
             ax.scatter([r["measured_ms"] for r in pts], [r["test_acc"] for r in pts], marker=marker, c=color,
                        s=size, label=kind, edgecolors="black", linewidths=0.4, zorder=3)
             plotted = True
-    for t in targets:
-        ax.axvline(t, color="grey", ls=":", lw=1)
+    for i, t in enumerate(targets):
+        ax.axvline(t, color="grey", ls=":", lw=1, label="targets (LUT ms)" if i == 0 else None)
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("test accuracy (retrained)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if plotted:
-        ax.legend(fontsize=8)
-    else:
+    ax.legend(fontsize=8)
+    if not plotted:
         ax.text(0.5, 0.5, "no measured and retrained network", ha="center", transform=ax.transAxes)
     to_png(fig, path)
     return path
