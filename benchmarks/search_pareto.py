@@ -26,6 +26,14 @@ its checkpoint); the measurement campaign is resumable by itself.
     python benchmarks/search_pareto.py --predictor runs/demo/lut.pkl --budget smoke --out runs/pareto-smoke
     python benchmarks/search_pareto.py --predictor runs/demo/lut.pkl --budget default --out runs/pareto --resume
 
+First run here (2026-12-02, demo LUT of this machine, 2 cores shared with 2 other workers, load 4–9;
+``--budget short --search-batches 20 --train-batches 100 --jobs 2 --threads 1``: searches 2 epochs × 20
+batches of 32 with 1 warm-up, retraining 100 steps of 32, test on 2560 images): no searched net reached the
+best baseline at ≤ its measured latency (best: random 0.688 @ 16.0 ms; gradient 0.616–0.676, REINFORCE 0.592
+— REINFORCE returned the same net for all three targets: T only scales the reward acc·(T/LAT)^w by a
+constant). Measured ≈ 2.1× predicted on the loaded box (Spearman 0.85). Budgets this small rank nets by
+noise; they check the pipeline, not the paper's claim.
+
 Without ``--predictor``, a LUT is built as ``latbench demo`` does: the space's ops measured at 224 px on
 ``--target`` (``OUT/data``), fitted, and calibrated on 3 measured random networks (``OUT/lut.pkl``).
 """
