@@ -35,7 +35,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "faults.jsonl"
-        env = {**os.environ, "LATBENCH_FAULTS_REPORT": str(report)}
+        env = {**os.environ, "LATBENCH_FAULTS_REPORT": str(report), "LATBENCH_FUZZ_RANDOM": "1"}  # fresh fuzz draws
         cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_faults.py"), "-q", "-p", "no:cacheprovider",
                "-m", "slow or not slow"]
         if args.k:

@@ -191,8 +191,9 @@ class RPCConfig(_Config):
             if data.get("tunnel") is False:
                 raise _fail("field 'rpc.tunnel': mode 'ssh' always tunnels, got tunnel: false")
             data = {**data, "mode": "direct", "tunnel": True}
-        if isinstance(data, dict) and "port" not in data and data.get("mode", "local") in DEFAULT_PORTS:
-            data = {**data, "port": DEFAULT_PORTS[data.get("mode", "local")]}
+        mode = data.get("mode", "local") if isinstance(data, dict) else None
+        if isinstance(mode, str) and "port" not in data and mode in DEFAULT_PORTS:  # a bad mode: the field says
+            data = {**data, "port": DEFAULT_PORTS[mode]}
         return data
 
     @model_validator(mode="after")

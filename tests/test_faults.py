@@ -478,12 +478,14 @@ def test_corrupted_journal_is_quarantined(tmp_path, cli, caplog):
 
 # -- fuzzing: any input gives a value or a LatbenchError ----------------------------------------------------
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 from latbench.errors import LatbenchError  # noqa: E402
 
+#: The same 150 examples on every run (CI must not fail on a new draw); LATBENCH_FUZZ_RANDOM=1 explores fresh ones
+#: (benchmarks/faults.py). Inputs a random run found are pinned with @example.
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                database=None)
+                database=None, derandomize=not os.environ.get("LATBENCH_FUZZ_RANDOM"))
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
                        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=5),
                        max_leaves=12)
@@ -510,6 +512,7 @@ SECTION = st.dictionaries(st.sampled_from(["mode", "host", "port", "key", "tunne
 @FUZZ
 @given(text=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
                       st.dictionaries(DEVICE_KEYS, JSONISH | SECTION, max_size=6).map(_yaml_like)))
+@example(text="rpc:\n  mode: []\n")  # found by a random run: an unhashable mode crashed the port default
 def test_fuzz_device_yaml(text, tmp_path_factory):
     from latbench.devices import load_device_file
 
