@@ -138,6 +138,8 @@ def _burst_device(tmp_path: Path) -> Path:
                                                        "warmup": 2})
 
 
+# ~1 min, and a bound on numbers a loaded machine can break: benchmarks/repeatability.py holds the figures
+@pytest.mark.slow
 def test_injected_burst_is_rejected_or_outvoted(tmp_path, cache_dir, burst_ops):
     """Busy-loop processes on every core for 3 s in the middle of a campaign: the final latency of every op
     stays within a few % of the same op measured without the burst (quiet campaigns before and after it)."""
