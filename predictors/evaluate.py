@@ -167,29 +167,43 @@ def evaluate_predictor(pred: BasePredictor, device: Any = "local-cpu", n: int = 
     result: dict[str, Any] = {"predictor": pred.describe(), "device": device.name, "seed": seed,
                               "space": {"resolution": space.resolution, "width_mult": space.width_mult,
                                         "n_classes": space.n_classes}}
+    joint_lut = LUTPredictor().fit(table_path(out_dir, device.name, rows["backend"].iloc[0], "ops")) if joint else None
+    predicted = _score(result, pred, archs, measured, cal if calibrate else None, cal_ms, floor, joint_lut)
+    table = pd.DataFrame({"key": [a.key for a in archs], "arch": [a.to_json() for a in archs]})
+    return _write_report(result, table, predicted, measured, report_dir or Path(out_dir) / device.name / "eval",
+                         name, f"{name} on {device.name} (r{space.resolution}, n={len(archs)})")
+
+
+def _score(result: dict[str, Any], pred: BasePredictor, archs: list, measured: np.ndarray, cal: list | None,
+           cal_ms: np.ndarray, floor: float, joint_lut: LUTPredictor | None) -> np.ndarray:
+    """Fill ``result``'s metrics: the predictor's (``metrics``; calibrated on ``cal`` when given, the uncalibrated
+    ones then in ``metrics_raw``) and a joint LUT's; returns the predictor's final predictions."""
     predicted = np.asarray(pred.predict(archs))
     result["metrics"] = accuracy_metrics(predicted, measured)
-    if joint:
-        lut = LUTPredictor().fit(table_path(out_dir, device.name, rows["backend"].iloc[0], "ops"))
-        if calibrate:
-            lut.fit_calibration(cal, cal_ms)
-        result["metrics_joint_lut"] = {**accuracy_metrics(np.asarray(lut.predict(archs)), measured),
+    if joint_lut is not None:
+        if cal is not None:
+            joint_lut.fit_calibration(cal, cal_ms)
+        result["metrics_joint_lut"] = {**accuracy_metrics(np.asarray(joint_lut.predict(archs)), measured),
                                        "noise_floor_pct": floor}
-    if calibrate:
+    if cal is not None:
         pred.fit_calibration(cal, cal_ms)
         result["metrics_raw"] = result["metrics"]
         predicted = np.asarray(pred.predict(archs))
         result["metrics"] = accuracy_metrics(predicted, measured)
         result["calibration"] = dict(pred.calibration_)
     result["metrics"]["noise_floor_pct"] = floor
-    report_dir = Path(report_dir) if report_dir else Path(out_dir) / device.name / "eval"
+    return predicted
+
+
+def _write_report(result: dict[str, Any], table: pd.DataFrame, predicted: np.ndarray, measured: np.ndarray,
+                  report_dir: str | Path, name: str, title: str) -> dict[str, Any]:
+    """The per-arch CSV (``table``'s identifying columns + measured, predicted, error), the plot and the JSON."""
+    report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame({"key": [a.key for a in archs], "arch": [a.to_json() for a in archs],
-                          "measured_ms": measured, "predicted_ms": predicted,
-                          "error_pct": 100 * (predicted - measured) / measured})
+    table = table.assign(measured_ms=measured, predicted_ms=predicted,
+                         error_pct=100 * (predicted - measured) / measured)
     table.to_csv(report_dir / f"{name}-eval.csv", index=False)
     result["table"] = str(report_dir / f"{name}-eval.csv")
-    title = f"{name} on {device.name} (r{space.resolution}, n={len(archs)})"
     result["plot"] = str(scatter_plot(predicted, measured, report_dir / f"{name}-eval.png", title,
                                       result["metrics"]))
     (report_dir / f"{name}-eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
@@ -230,36 +244,16 @@ def evaluate_space_predictor(pred: BasePredictor, device: Device, n: int = 200, 
     floor = noise_floor(ok[ok["key"].isin({space.key(a) for a in archs})])
     result: dict[str, Any] = {"predictor": pred.describe(), "device": device.name, "seed": seed,
                               "space": dict(pred.space_), "search_space": space.name}
-    predicted = np.asarray(pred.predict(archs))
-    result["metrics"] = accuracy_metrics(predicted, measured)
+    joint_lut = None
     if joint:
         ops = read_table(table_path(out_dir, device.name, ok["backend"].iloc[0], "ops"))
         ops = ops[ops["key"].map(lambda k: space_of_op_key(str(k)) == space.name)]
-        lut = LUTPredictor().fit(ops, space=space.name)
-        if calibrate:
-            lut.fit_calibration(cal, cal_ms)
-        result["metrics_joint_lut"] = {**accuracy_metrics(np.asarray(lut.predict(archs)), measured),
-                                       "noise_floor_pct": floor}
-    if calibrate:
-        pred.fit_calibration(cal, cal_ms)
-        result["metrics_raw"] = result["metrics"]
-        predicted = np.asarray(pred.predict(archs))
-        result["metrics"] = accuracy_metrics(predicted, measured)
-        result["calibration"] = dict(pred.calibration_)
-    result["metrics"]["noise_floor_pct"] = floor
-    report_dir = Path(report_dir) if report_dir else Path(out_dir) / device.name / "eval"
-    report_dir.mkdir(parents=True, exist_ok=True)
+        joint_lut = LUTPredictor().fit(ops, space=space.name)
+    predicted = _score(result, pred, archs, measured, cal if calibrate else None, cal_ms, floor, joint_lut)
     table = pd.DataFrame({"key": [space.key(a) for a in archs], "arch_str": [a["arch_str"] for a in archs],
-                          "arch_index": [int(a["arch_index"]) for a in archs], "measured_ms": measured,
-                          "predicted_ms": predicted, "error_pct": 100 * (predicted - measured) / measured})
-    table.to_csv(report_dir / f"{name}-eval.csv", index=False)
-    result["table"] = str(report_dir / f"{name}-eval.csv")
-    title = f"{name} on {device.name} ({space.name}, n={len(archs)})"
-    result["plot"] = str(scatter_plot(predicted, measured, report_dir / f"{name}-eval.png", title,
-                                      result["metrics"]))
-    (report_dir / f"{name}-eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    result["json"] = str(report_dir / f"{name}-eval.json")
-    return result
+                          "arch_index": [int(a["arch_index"]) for a in archs]})
+    return _write_report(result, table, predicted, measured, report_dir or Path(out_dir) / device.name / "eval",
+                         name, f"{name} on {device.name} ({space.name}, n={len(archs)})")
 
 
 def format_metrics(m: dict[str, float]) -> str:

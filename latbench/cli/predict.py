@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from latbench.errors import LatbenchError
 from latbench.netconfig import load_net_config
@@ -66,6 +67,12 @@ def run_space(args: argparse.Namespace, pred: object) -> int:
                           for o, n, v in zip(ops, counts, pred.predict_ops([parse_op(o, space) for o in ops]))]
             res["offset_ms"] = pred.offset_
         results.append(res)
+    return _print(args, results, lambda res: f"{res['arch_index']} {res['arch_str']}")
+
+
+def _print(args: argparse.Namespace, results: list[dict], label: Callable[[dict], str]) -> int:
+    """The predictions as JSON (one object for one network without --breakdown), or a line per network
+    (``label`` names it) after its per-op breakdown."""
     if args.json:
         out = results[0] if len(results) == 1 else results
         if len(results) == 1 and not args.breakdown:
@@ -75,10 +82,11 @@ def run_space(args: argparse.Namespace, pred: object) -> int:
     for res in results:
         if args.breakdown:
             for o in res["ops"]:
-                print(f"  {o['latency_ms']:10.4f} ms × {o['count']:<2d} {o['key']}")
+                count = f" × {o['count']:<2d} " if "count" in o else "  "
+                print(f"  {o['latency_ms']:10.4f} ms{count}{o['key']}")
             if res["offset_ms"]:
                 print(f"  {res['offset_ms']:10.4f} ms  calibration offset")
-        print(f"{res['latency_ms']:.4f} ms  {res['arch_index']} {res['arch_str']}")
+        print(f"{res['latency_ms']:.4f} ms  {label(res)}")
     return 0
 
 
@@ -113,17 +121,4 @@ def run(args: argparse.Namespace) -> int:
             res["ops"] = [{"key": o.key, "latency_ms": float(v)} for o, v in zip(ops, pred.predict_ops(ops))]
             res["offset_ms"] = pred.offset_
         results.append(res)
-    if args.json:
-        out = results[0] if len(results) == 1 else results
-        if len(results) == 1 and not args.breakdown:
-            out = {"latency_ms": results[0]["latency_ms"]}
-        print(json.dumps(out, indent=None if not args.breakdown else 1))
-        return 0
-    for res in results:
-        if args.breakdown:
-            for o in res["ops"]:
-                print(f"  {o['latency_ms']:10.4f} ms  {o['key']}")
-            if res["offset_ms"]:
-                print(f"  {res['offset_ms']:10.4f} ms  calibration offset")
-        print(f"{res['latency_ms']:.4f} ms  {res.get('arch') or res.get('net_config')}")
-    return 0
+    return _print(args, results, lambda res: str(res.get("arch") or res.get("net_config")))
