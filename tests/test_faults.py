@@ -18,11 +18,17 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import FAST_TIMING, latbench_cmd, write_device
-from latbench.backends.base import DEFAULT_BACKEND as DEFAULT
+from latbench.artifacts import Artifact
+from latbench.backends.base import DEFAULT_BACKEND as DEFAULT, get_backend
+from latbench.devices import load_device_file
+from latbench.runners import make_runner
+from latbench.runners.base import Visit
 from latbench.runners.process import free_port
 from latbench.tables import table_path
 from remote_fixtures import sshd, x86_set  # noqa: F401  (fixtures)
@@ -639,3 +645,40 @@ def test_a_signal_during_a_worker_launch_is_delivered_after_it():
         assert got == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Identity(torch.nn.Module):
+    """Fails at run time in TVM 0.27's VM (``args.size() == 3``): a Relax function returning its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _AddOne(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + 1
+
+
+def _artifact(root: Path, module: torch.nn.Module, device) -> Artifact:
+    art = Artifact(root)
+    root.mkdir(parents=True)
+    x = torch.randn(1, 4, 8, 8)
+    np.save(art.input, x.numpy())
+    np.save(art.expected, module(x).numpy())
+    get_backend(DEFAULT).build(module, x, device, art.lib)
+    return art
+
+
+def test_a_failed_run_does_not_break_the_following_ones(tmp_path):
+    """A run that fails on the server left TVM's RPC session out of step: every later item failed with
+    ``size <= pending_request_bytes_``. The runner now reopens the session after a failed call."""
+    device = load_device_file(write_device(tmp_path, "faulty-cpu"))
+    good, bad = _artifact(tmp_path / "good", _AddOne(), device), _artifact(tmp_path / "bad", _Identity(), device)
+    visits = [Visit("good1", good), Visit("bad", bad), Visit("good2", good), Visit("good3", good)]
+    results: dict[str, dict] = {}
+    with make_runner(device, "rpc", None, visit_repeat=2) as runner:
+        runner.run(visits, lambda v, res: results.__setitem__(v.key, res))
+    assert results["bad"]["status"] == "error" and "run failed" in results["bad"]["error"]
+    for key in ("good1", "good2", "good3"):
+        assert results[key].get("status") != "error", (key, results[key])
+        assert results[key]["median_ms"] > 0

@@ -45,6 +45,9 @@ class Session(Protocol):
     """A timing context on one device server (an RPC session, a host worker process, this process)."""
 
     address: str
+    #: A call raised on the device side and the session's state is unknown: the runner reopens it
+    #: before the next visit (an RPC session's protocol can be left out of step by a failed run).
+    broken: bool
 
     def load(self, key: str, art: Artifact, min_repeat_ms: float) -> dict[str, Any]:
         """Load and check the item once; returns ``max_abs_err``, ``tolerance``, calibrated ``number``

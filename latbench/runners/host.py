@@ -65,6 +65,8 @@ def _worker() -> None:
 class HostSession:
     """One worker process timing one host backend's callables on this machine."""
 
+    broken = False  # the worker reports a failed item and goes on; a dead worker is a link error
+
     def __init__(self, device: Device, backend: Any) -> None:
         if device.rpc.mode != "local":
             raise LatbenchError(f"backend {backend.name!r} times on this machine only; use --target local-cpu "

@@ -256,7 +256,7 @@ class PoolRunner:
         with self._lock:
             self.servers_used.add(address)
         self._done(item, res)
-        return True
+        return not prober.session.broken  # a failed call: drop the session, the supervisor opens another
 
     def _retry_or_fail(self, item: _Item, give_up: bool, address: str, what: str, error: str) -> None:
         """The visit in flight was lost: another server takes it, or it is an error row after too many tries."""

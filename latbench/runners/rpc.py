@@ -219,12 +219,18 @@ class RPCSession:
         self.on_this_machine = on_this_machine
         self.items: dict[str, tuple[Any, Any, Any]] = {}
         self.abandoned = False
+        self.broken = False
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
             return call_with_timeout(fn, self.timeout, f"{what} on {self.address}")
         except RPCTimeout:
             self.abandoned = True  # a thread still blocks inside this session
+            raise
+        except Exception:
+            # A remote error can leave TVM's RPC protocol out of step (after a VM error every later
+            # call fails with "size <= pending_request_bytes_"): the runner reopens the session.
+            self.broken = True
             raise
 
     def load(self, key: str, art: Path | Any, min_repeat_ms: float) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from latbench.board.runtime_timer import ArtifactTimer
 class RuntimeOnlySession:
     """Loads artifacts into Relax VMs through ``tvm_ffi`` and times them with the shared timing core."""
 
+    broken = False  # a failed item leaves this process's runtime as it was
+
     def __init__(self, cuda: bool = False) -> None:
         self.timer = ArtifactTimer(cuda=cuda)
         self.address = f"{platform.node()}:runtime-only"

@@ -67,7 +67,12 @@ class SerialRunner:
     def _visit(self, v: Visit) -> dict[str, Any]:
         for attempt in (1, 2):
             try:
-                return self._connect().visit(v)
+                prober = self._connect()
+                res = prober.visit(v)
+                if prober.session.broken:  # the next visit gets a fresh session (a local server: a new one)
+                    log.info("%s: reopening the session to %s after a failed call", v.key, self.address)
+                    self.reset()
+                return res
             except RPCTimeout as exc:
                 # The op hung: drop the session (a local server is restarted), record it, go on.
                 log.warning("%s: %s", v.key, exc)
