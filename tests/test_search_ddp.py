@@ -2,7 +2,8 @@
 
 Two ranks with ``--batch-size 8`` (4 images per rank; ``--batch-size`` is the global batch) must
 compute what one process computes with ``--batch-size 8``: the same α and weights up to the float
-reduction order (tolerance rtol 1e-4, atol 1e-5 on every tensor of the checkpoint). Tiny budgets as
+reduction order (tolerance rtol 1e-4, atol 5e-5 on every
+tensor of the checkpoint, 1e-2/1e-3 on BatchNorm running statistics). Tiny budgets as
 in test_search.py: width 0.35, 16×16 Fashion-MNIST, a LUT of FLOP-derived latencies.
 
 Why ``--lambda2 10`` in gradient mode: at the start the candidates of a layer compute the same
@@ -31,12 +32,15 @@ from search.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240  # per launch; a healthy one takes ~30 s on a busy 2-core box
-RTOL, ATOL = 1e-4, 1e-5
+RTOL, ATOL = 1e-4, 5e-5  # float reduction order (shard sums all-reduced); a wrong all-reduce is off by ~1e-2
+BN_RTOL, BN_ATOL = 1e-2, 1e-3
 SEARCH_FILES = {"arch.json", "net.config", "log.csv", "checkpoint.pt", "summary.json"}
 TRAIN_FILES = {"log.csv", "checkpoint.pt", "summary.json"}
 #: Runs a module as ``python -m`` would, with ``{rank}`` in the arguments replaced by torchrun's RANK
 #: (to give each rank its own --out or --arch).
 PER_RANK = """import os, runpy, sys
+import torch
+torch.backends.mkldnn.enabled = False  # see one_thread()
 sys.argv = [sys.argv[1]] + [a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[2:]]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
@@ -44,10 +48,15 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    n = torch.get_num_threads()
+    """One thread and PyTorch's own convolutions, here and in every rank: oneDNN picks its kernels by batch
+    size, so 4 images per rank and 8 in one process round differently (seen on an AVX-512 Xeon: 3e-4 apart
+    after the steps of the search) and the comparison would measure oneDNN, not the all-reduce."""
+    n, dnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
     yield
     torch.set_num_threads(n)
+    torch.backends.mkldnn.enabled = dnn
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +93,10 @@ def assert_close_states(one: dict, two: dict) -> None:
     for k in one:
         a, b = one[k], two[k]
         if a.dtype.is_floating_point:
-            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=lambda m, k=k: f"{k}: {m}")
+            # BN running statistics come from per-rank sums (variance from sums of squares): coarser than
+            # the weights, still far finer than per-rank statistics (4 vs 8 images: ~10 % apart) would be.
+            rtol, atol = (BN_RTOL, BN_ATOL) if k.endswith(("running_mean", "running_var")) else (RTOL, ATOL)
+            torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
         else:
             assert torch.equal(a, b), k
 
