@@ -11,7 +11,8 @@ an edge is drawn **once per step and used by every cell**, so one sample is one 
 official ``arch_str`` and index (:func:`latbench.spaces.nb201_arch`).
 
 The candidates start independently initialised (there is no ``align_init``: four of the five candidates
-have no weights, and cells of mixed ops learn in short runs without it).
+have no weights). In short runs the supernet learns slowly and α drift to the weight-free ops (see the
+figures in ``search/README.md``).
 """
 from __future__ import annotations
 
