@@ -6,8 +6,14 @@ residual reduction block (``ResNetBasicblock``, stride 2) between stages; ``BN +
 average pool; ``Linear(4C → classes)``. A cell sums, per node, its edges' ops applied to earlier
 nodes; ``none`` is ``x * 0`` (computed, as in the official model), ``skip_connect`` the identity,
 ``nor_conv_kxk`` ``ReLU-Conv-BN``, ``avg_pool_3x3`` a 3×3 average pool (``count_include_pad=False``).
+
+:class:`NB201Skeleton` is that network around any cell (the search's supernet puts a cell of mixed ops
+in it, :mod:`search.nb201`); ``in_channels`` other than 3 (e.g. 1 for grey-scale training data) changes
+the stem's input only.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,12 +48,13 @@ def edge_op(name: str, c: int) -> nn.Module:
 
 
 class InferCell(nn.Module):
-    """One cell: node j = Σ_i op_ij(node i), output = node 3."""
+    """One cell: node j = Σ_i op_ij(node i), output = node 3. ``ops``: per edge (:data:`NB201_EDGES`
+    order) an op name (built by :func:`edge_op`) or a ready module."""
 
-    def __init__(self, ops: list[str], c: int) -> None:
+    def __init__(self, ops: Sequence[str | nn.Module], c: int) -> None:
         super().__init__()
         self.edges = list(NB201_EDGES)
-        self.layers = nn.ModuleList(edge_op(o, c) for o in ops)
+        self.layers = nn.ModuleList(edge_op(o, c) if isinstance(o, str) else o for o in ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes = [x]
@@ -71,20 +78,21 @@ class ResNetBasicblock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class NB201Network(nn.Module):
-    """The whole NAS-Bench-201 network of a cell string (32×32 input, 10 classes by default)."""
+class NB201Skeleton(nn.Module):
+    """The NAS-Bench-201 macro skeleton around ``cell(channels)``: stem, three stages of ``n`` cells (C, 2C,
+    4C) with a reduction block between stages, ``BN + ReLU``, global average pool, ``Linear``."""
 
-    def __init__(self, arch_str: str, n_classes: int = NB201_CLASSES, c: int = NB201_C, n: int = NB201_N) -> None:
+    def __init__(self, cell: Callable[[int], nn.Module], n_classes: int = NB201_CLASSES, c: int = NB201_C,
+                 n: int = NB201_N, in_channels: int = 3) -> None:
         super().__init__()
-        ops = parse_nb201(arch_str)
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
         cells: list[nn.Module] = []
         ch = c
         for stage in range(3):
             if stage:
                 cells.append(ResNetBasicblock(ch, ch * 2))
                 ch *= 2
-            cells += [InferCell(ops, ch) for _ in range(n)]
+            cells += [cell(ch) for _ in range(n)]
         self.cells = nn.Sequential(*cells)
         self.lastact = nn.Sequential(nn.BatchNorm2d(ch), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -93,6 +101,15 @@ class NB201Network(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.global_pooling(self.lastact(self.cells(self.stem(x))))
         return self.classifier(out.flatten(1))
+
+
+class NB201Network(NB201Skeleton):
+    """The whole NAS-Bench-201 network of a cell string (32×32×3 input, 10 classes by default)."""
+
+    def __init__(self, arch_str: str, n_classes: int = NB201_CLASSES, c: int = NB201_C, n: int = NB201_N,
+                 in_channels: int = 3) -> None:
+        ops = parse_nb201(arch_str)
+        super().__init__(lambda ch: InferCell(ops, ch), n_classes, c, n, in_channels)
 
 
 class Head(nn.Module):

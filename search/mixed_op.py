@@ -1,9 +1,15 @@
-"""A searchable layer: every candidate of a :class:`~latbench.space.Layer` plus its α.
+"""A searchable choice: α over candidates, which paths run now, and the candidate modules.
 
-The candidates are the very :class:`~latbench.modules.MBConv` blocks that are measured, built
-with the layer's shapes (the identity shortcut included where shapes allow); ``zero`` is the
-identity (the layer is skipped). α starts as N(0, 1e-3) (the official ``init_arch_params``), so an
-untouched layer's argmax is not always candidate 0. Ways to run the layer:
+:class:`PathChoice` is one choice's α and binarization state (sampling, the two-path and full_v2
+architecture steps, rescaling). :class:`MixedOp` is a choice with its own candidate modules, made by
+a factory: for a ProxylessNAS :class:`~latbench.space.Layer` (:meth:`MixedOp.for_layer`) the very
+:class:`~latbench.modules.MBConv` blocks that are measured, built with the layer's shapes (the
+identity shortcut included where shapes allow), ``zero`` the identity (the layer is skipped).
+:class:`SharedMixedOp` has its own candidate modules but follows another module's choice: the
+NAS-Bench-201 supernet (:mod:`search.nb201`) has one :class:`PathChoice` per cell edge, shared by the
+edge's mixed op in every cell, so one draw per step per edge sets the path of all cells. α starts as
+N(0, 1e-3) (the official ``init_arch_params``), so an untouched choice's argmax is not always
+candidate 0. Ways to run a choice:
 
 * **one path** (weight steps, REINFORCE, evaluation): only ``ops[active]`` runs; the other
   candidates are never called, so their activations never exist (memory O(1) in candidates).
@@ -25,6 +31,8 @@ does not learn in short runs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -51,39 +59,38 @@ class _FullV2Gate(torch.autograd.Function):
     path, and α's gradient from the binary-gate gradients of every candidate."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, mixed: MixedOp) -> torch.Tensor:
-        ctx.mixed = mixed
+    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor, ops: nn.ModuleList, active: int) -> torch.Tensor:
+        ctx.ops, ctx.active = ops, active
         xd = x.detach().requires_grad_(x.requires_grad)
         with torch.enable_grad():
-            out = mixed.ops[mixed.active](xd)
+            out = ops[active](xd)
         ctx.save_for_backward(xd, out, alpha)
         return out.detach()
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None, None]:
         xd, out, alpha = ctx.saved_tensors
-        mixed: MixedOp = ctx.mixed
         grad_x = None
         if xd.requires_grad:
             (grad_x,) = torch.autograd.grad(out, xd, grad_out, allow_unused=False)
         with torch.no_grad():
             gates = torch.zeros_like(alpha)
-            for k, op in enumerate(mixed.ops):
-                y = out if k == mixed.active else op(xd.detach())
+            for k, op in enumerate(ctx.ops):
+                y = out if k == ctx.active else op(xd.detach())
                 gates[k] = (y * grad_out).sum()
             p = F.softmax(alpha.detach(), 0)
             grad_alpha = p * (gates - (p * gates).sum())  # Σ_j g_j p_j(δ_ij − p_i)
-        return grad_x, grad_alpha, None
+        return grad_x, grad_alpha, None, None
 
 
-class MixedOp(nn.Module):
-    """All candidates of one searchable layer and their architecture parameters ``alpha``."""
+class PathChoice(nn.Module):
+    """One searchable choice among ``candidates``: its architecture parameters ``alpha`` and which
+    paths run now (set by the sampling methods, read by the mixed ops that follow the choice)."""
 
-    def __init__(self, layer: Layer, alpha_std: float = ALPHA_INIT_STD) -> None:
+    def __init__(self, candidates: Sequence[str], alpha_std: float = ALPHA_INIT_STD, index: int = 0) -> None:
         super().__init__()
-        self.index = layer.index
-        self.candidates: tuple[str, ...] = tuple(layer.candidates)
-        self.ops = nn.ModuleList([make_candidate(layer, c) for c in self.candidates])
+        self.index = index
+        self.candidates: tuple[str, ...] = tuple(candidates)
         self.alpha = nn.Parameter(torch.randn(len(self.candidates)) * alpha_std)
         self.active: int = 0
         #: ``(active, other)`` during a two-path architecture step, else ``()``.
@@ -91,41 +98,6 @@ class MixedOp(nn.Module):
         self.full_v2 = False
         self.all_paths = False
         self._alpha_before: torch.Tensor | None = None
-
-    # -- initialisation ------------------------------------------------------------------------
-    @torch.no_grad()
-    def align_init(self) -> None:
-        """Make every candidate compute the same function at initialisation (ours, not the official
-        code): the smallest MBConv (3×3, lowest expand) is the base; every other MBConv gets the
-        base's expand rows, the base's 3×3 depthwise kernel zero-padded to k×k on the base's channels
-        and the base's projection, with zero projection weights on its extra channels; the last BN of
-        a candidate with the identity shortcut starts at γ = 0, so it, like ``zero``, is the identity.
-
-        Why: with independently initialised candidates every sampled path sees other, unrelated
-        features in every layer and a short supernet training stays at chance (train loss above
-        ln 10). Started equal, the candidates diverge only by what each one learns. The extra taps and
-        channels still receive gradients, so every candidate can become different."""
-        mb = [(op, *parse_candidate(c)) for op, c in zip(self.ops, self.candidates) if isinstance(op, MBConv)]
-        for op, _, _ in mb:
-            if op.residual:
-                nn.init.zeros_(op.project[1].weight)
-        if len(mb) < 2:
-            return
-        e0 = min(e for _, _, e in mb)
-        base = min((t for t in mb if t[2] == e0), key=lambda t: t[1])[0]
-        bw = base.depthwise[0].weight
-        mid0, bk = bw.shape[0], bw.shape[-1]
-        for op, k, _ in mb:
-            if op is base or k < bk:
-                continue
-            if isinstance(op.expand, nn.Sequential) and isinstance(base.expand, nn.Sequential):
-                op.expand[0].weight[:mid0] = base.expand[0].weight
-            dw = op.depthwise[0].weight
-            off = (k - bk) // 2
-            dw[:mid0] = 0
-            dw[:mid0, :, off:off + bk, off:off + bk] = bw
-            op.project[0].weight[:, :mid0] = base.project[0].weight
-            op.project[0].weight[:, mid0:] = 0
 
     # -- distribution --------------------------------------------------------------------------
     @property
@@ -196,20 +168,94 @@ class MixedOp(nn.Module):
         """Back to one-path mode after an architecture step."""
         self.involved, self.full_v2, self._alpha_before = (), False, None
 
-    # -- forward -------------------------------------------------------------------------------
+
+
+def mixed_forward(path: PathChoice, ops: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """Run the candidate modules ``ops`` (aligned with ``path.candidates``) as ``path`` says: one
+    path, the two-path binary gates, full_v2, or all paths."""
+    if path.all_paths:
+        p = path.probs
+        return sum(p[j] * op(x) for j, op in enumerate(ops))
+    if path.full_v2:
+        out: torch.Tensor = _FullV2Gate.apply(x, path.alpha, ops, path.active)
+        return out
+    if not path.involved:
+        return ops[path.active](x)
+    a, b = path.involved
+    p = F.softmax(path.alpha[[a, b]], dim=0)
+    st = p - p.detach()  # value 0, gradient ∂p/∂α: gates g = onehot + st
+    y_a = ops[a](x)
+    with torch.no_grad():
+        y_b = ops[b](x)
+    return y_a * (1 + st[0]) + y_b * st[1]
+
+
+class MixedOp(PathChoice):
+    """A choice with its own candidate modules, ``factory(name)`` for each candidate name."""
+
+    def __init__(self, candidates: Sequence[str], factory: Callable[[str], nn.Module],
+                 alpha_std: float = ALPHA_INIT_STD, index: int = 0) -> None:
+        ops = [factory(c) for c in candidates]  # before α: the random draws of the weights come first
+        super().__init__(candidates, alpha_std, index)
+        self.ops = nn.ModuleList(ops)
+
+    @classmethod
+    def for_layer(cls, layer: Layer, alpha_std: float = ALPHA_INIT_STD) -> MixedOp:
+        """All candidates of one searchable ProxylessNAS layer (:func:`make_candidate`)."""
+        return cls(layer.candidates, partial(make_candidate, layer), alpha_std, layer.index)
+
+    # -- initialisation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def align_init(self) -> None:
+        """Make every candidate compute the same function at initialisation (ours, not the official
+        code): the smallest MBConv (3×3, lowest expand) is the base; every other MBConv gets the
+        base's expand rows, the base's 3×3 depthwise kernel zero-padded to k×k on the base's channels
+        and the base's projection, with zero projection weights on its extra channels; the last BN of
+        a candidate with the identity shortcut starts at γ = 0, so it, like ``zero``, is the identity.
+
+        Why: with independently initialised candidates every sampled path sees other, unrelated
+        features in every layer and a short supernet training stays at chance (train loss above
+        ln 10). Started equal, the candidates diverge only by what each one learns. The extra taps and
+        channels still receive gradients, so every candidate can become different."""
+        mb = [(op, *parse_candidate(c)) for op, c in zip(self.ops, self.candidates) if isinstance(op, MBConv)]
+        for op, _, _ in mb:
+            if op.residual:
+                nn.init.zeros_(op.project[1].weight)
+        if len(mb) < 2:
+            return
+        e0 = min(e for _, _, e in mb)
+        base = min((t for t in mb if t[2] == e0), key=lambda t: t[1])[0]
+        bw = base.depthwise[0].weight
+        mid0, bk = bw.shape[0], bw.shape[-1]
+        for op, k, _ in mb:
+            if op is base or k < bk:
+                continue
+            if isinstance(op.expand, nn.Sequential) and isinstance(base.expand, nn.Sequential):
+                op.expand[0].weight[:mid0] = base.expand[0].weight
+            dw = op.depthwise[0].weight
+            off = (k - bk) // 2
+            dw[:mid0] = 0
+            dw[:mid0, :, off:off + bk, off:off + bk] = bw
+            op.project[0].weight[:, :mid0] = base.project[0].weight
+            op.project[0].weight[:, mid0:] = 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.all_paths:
-            p = self.probs
-            return sum(p[j] * op(x) for j, op in enumerate(self.ops))
-        if self.full_v2:
-            out: torch.Tensor = _FullV2Gate.apply(x, self.alpha, self)
-            return out
-        if not self.involved:
-            return self.ops[self.active](x)
-        a, b = self.involved
-        p = F.softmax(self.alpha[[a, b]], dim=0)
-        st = p - p.detach()  # value 0, gradient ∂p/∂α: gates g = onehot + st
-        y_a = self.ops[a](x)
-        with torch.no_grad():
-            y_b = self.ops[b](x)
-        return y_a * (1 + st[0]) + y_b * st[1]
+        return mixed_forward(self, self.ops, x)
+
+
+class SharedMixedOp(nn.Module):
+    """Candidate modules of its own (``factory(name)`` per candidate of ``path``) that run as another
+    module's :class:`PathChoice` says: the choice (its α) is shared, the weights are not. The choice is
+    not a submodule (its owner registers it once), so α is in one place of the state dict."""
+
+    def __init__(self, path: PathChoice, factory: Callable[[str], nn.Module]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList([factory(c) for c in path.candidates])
+        self._path = (path,)  # a tuple: not registered as a submodule
+
+    @property
+    def path(self) -> PathChoice:
+        return self._path[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mixed_forward(self.path, self.ops, x)

@@ -1,7 +1,9 @@
 """``python -m search.run --predictor lut.pkl``: a ProxylessNAS search with a latency predictor.
 
-Writes into ``--out``: ``arch.json`` (the derived architecture at the predictor's deployment
-resolution, argmax of α per layer), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (every
+The space is the predictor's: ProxylessNAS, or NAS-Bench-201's cells for a ``--space nasbench201``
+predictor (:mod:`search.nb201`). Writes into ``--out``: ``arch.json`` (the derived architecture at the
+predictor's deployment resolution, argmax of α per layer; for NAS-Bench-201 ``{"space", "arch_str",
+"arch_index"}``), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (every
 epoch; ``--resume`` continues from it) and ``summary.json`` (predicted latency, accuracy, and the
 measured latency with ``--measure``). :func:`main` is callable from Python and returns the exit code.
 """
@@ -18,16 +20,18 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
 from latbench.campaign import measure_archs
-from latbench.errors import LatbenchError
+from latbench.errors import ConfigError, LatbenchError
+from latbench.nasbench201 import NB201_CLASSES, NB201_RESOLUTION
 from latbench.netconfig import NetConfig
 from latbench.space import Arch
+from latbench.spaces import NB201, get_space
 from predictors import load_predictor
 from search.entry import entry_point
 from search.losses import LOSS_FORMS
 
 if TYPE_CHECKING:  # search.latency and search.distributed import torch, which run() defers
     from search.distributed import DistContext
-    from search.latency import LatencyPredictor
+    from search.latency import LatencyPredictor, OpLatencyPredictor
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,12 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     """The search's options (``add_help``/``verbose`` False: as a parent of ``latbench search``)."""
     p = argparse.ArgumentParser(
         prog="python -m search.run", add_help=add_help,
-        description="ProxylessNAS search on the latbench space with a latency predictor "
-                    "(the latency is that of the predictor's deployment resolution).")
+        description="ProxylessNAS search on the predictor's space (ProxylessNAS or NAS-Bench-201 cells) with a "
+                    "latency predictor (the latency is that of the predictor's deployment resolution).")
     p.add_argument("--predictor", required=True,
-                   help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor')")
+                   help="predictor file (lut.pkl / xgb.pkl from 'latbench fit-predictor'); its space is searched")
+    p.add_argument("--space", default=None,
+                   help="search space (proxylessnas, nasbench201); default and checked: the predictor's")
     p.add_argument("--mode", choices=("gradient", "reinforce"), default="gradient",
                    help="architecture update: binary-gate gradient (default) or REINFORCE")
     p.add_argument("--binarize", choices=("two", "full_v2"), default="two",
@@ -82,7 +88,7 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
                         "as one function, without which short supernet trainings stay at chance)")
     p.add_argument("--rl-tradeoff", type=float, default=0.1, help="REINFORCE: w in acc·(T/LAT)^w (default 0.1)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="training image size (default 28 for Fashion-MNIST, 32 for --data)")
+                   help="training image size (default 28 for Fashion-MNIST, 32 for --data and for nasbench201)")
     p.add_argument("--data", default=None, help="ImageFolder tree (default: Fashion-MNIST from dataset-fashion-mnist)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -98,11 +104,39 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     return p
 
 
-def load_predictor_file(path: str | Path) -> LatencyPredictor:
+def load_predictor_file(path: str | Path) -> LatencyPredictor | OpLatencyPredictor:
     """The predictor saved at ``path`` (the ``predictors`` package's safe loader)."""
     if not Path(path).exists():
         raise LatbenchError(f"--predictor {path}: no such file; make one with 'latbench fit-predictor'")
     return load_predictor(path)
+
+
+def check_space(args: argparse.Namespace, space: str) -> None:
+    """``--space`` (if given) must be the predictor's; ``--measure`` is ProxylessNAS only."""
+    if args.space is not None and get_space(args.space).name != space:
+        raise ConfigError(f"--space {get_space(args.space).name}: the predictor {args.predictor} is for the {space} "
+                          "space; pass a predictor of that space (fit-predictor --space NAME) or drop --space")
+    if args.measure and space == NB201:
+        raise ConfigError(f"--measure measures ProxylessNAS nets only; measure the found {NB201} cell with "
+                          "'latbench measure --space nasbench201 --space-arch ARCH_STR'")
+
+
+def write_arch(arch: Arch | dict[str, Any], out: Path) -> None:
+    """OUT/arch.json (and for ProxylessNAS OUT/net.config, the official format that ``latbench measure
+    --net-config`` takes); a NAS-Bench-201 arch is its dict (what ``latbench predict --space-arch`` reads)."""
+    if isinstance(arch, Arch):
+        arch.save(out / "arch.json")
+        NetConfig.from_arch(arch).save(out / "net.config")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "arch.json").write_text(json.dumps(arch, indent=1) + "\n")
+
+
+def deployment(arch: Arch | dict[str, Any]) -> dict[str, Any]:
+    """The shape the predicted latency is for."""
+    if isinstance(arch, Arch):
+        return {"resolution": arch.resolution, "width_mult": arch.width_mult, "n_classes": arch.n_classes}
+    return {"space": NB201, "resolution": NB201_RESOLUTION, "n_classes": NB201_CLASSES}
 
 
 def measure(arch: Arch, device: str, out_dir: Path) -> float:
@@ -135,6 +169,7 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
 
     from search.data import load_dataset  # lazy: imports torch
     from search.distributed import device_for  # lazy: imports torch
+    from search.latency import search_space_of  # lazy: imports torch
     from search.trainer import ProxylessSearch, SearchConfig, check_epochs  # lazy: imports torch
 
     if args.threads:
@@ -142,7 +177,9 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(args.out)
     predictor = load_predictor_file(args.predictor)
-    resolution = args.resolution or (28 if args.data is None else 32)
+    space = search_space_of(predictor)
+    check_space(args, space)
+    resolution = args.resolution or (28 if args.data is None and space != NB201 else 32)
     config = SearchConfig(
         mode=args.mode, binarize=args.binarize, rl_baseline=args.rl_baseline,
         align_init=not args.independent_init, latency_loss=args.latency_loss, lambda2=args.lambda2,
@@ -170,13 +207,12 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
 
     arch = searcher.derived_arch()
     if ddp.is_main:
-        arch.save(out / "arch.json")
-        NetConfig.from_arch(arch).save(out / "net.config")  # the official format (latbench measure --net-config)
+        write_arch(arch, out)
     summary: dict[str, Any] = {
-        "arch": arch.to_dict(),
-        "predicted_ms": searcher.latency.predict(arch),
+        "arch": arch.to_dict() if isinstance(arch, Arch) else arch, "space": space,
+        "predicted_ms": searcher.latency.predict(arch),  # type: ignore[arg-type]  # the model's own arch kind
         "expected_latency_ms": searcher.expected_latency().item(),
-        "deployment": {"resolution": arch.resolution, "width_mult": arch.width_mult, "n_classes": arch.n_classes},
+        "deployment": deployment(arch),
         "latency_bounds_ms": searcher.latency.bounds(),
         "val_acc": searcher.history[-1]["val_acc"] if searcher.history else None,
         "test_acc": searcher.evaluate(data.test, config.test_batches),
@@ -186,7 +222,7 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     }
     if not ddp.is_main:  # rank 0 measures and writes the files
         return summary
-    if args.measure:
+    if args.measure and isinstance(arch, Arch):
         summary["measured_ms"] = measure(arch, args.target, out / "measure")
         summary["measured_on"] = args.target
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -202,6 +238,8 @@ def result_line(args: argparse.Namespace, summary: dict[str, Any]) -> str:
     """One line saying what was found."""
     line = (f"{Path(args.out) / 'arch.json'}: predicted {summary['predicted_ms']:.2f} ms at "
             f"{summary['deployment']['resolution']}px, test acc {summary['test_acc']:.3f}")
+    if "arch_str" in summary["arch"]:
+        line += f", {summary['arch']['arch_str']} (index {summary['arch']['arch_index']})"
     if "measured_ms" in summary:
         line += f", measured {summary['measured_ms']:.2f} ms on {summary['measured_on']}"
     return line

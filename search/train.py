@@ -1,5 +1,10 @@
 """``python -m search.train --arch OUT/arch.json``: retrain the network a search found.
 
+A NAS-Bench-201 arch file (``{"space": "nasbench201", "arch_str", "arch_index"}``, what a search on a
+NAS-Bench-201 predictor writes) is trained as :class:`latbench.nasbench201_net.NB201Network` with the
+data's input channels and classes (default resolution 32, the space's); ``--init supernet`` takes its
+stem, reduction blocks, head and every cell's chosen edge ops from the search checkpoint.
+
 The architecture (the search's ``arch.json``, at the predictor's deployment resolution) is built at
 the training data's resolution, width and classes and trained with the shape of the official
 retraining recipe: SGD with Nesterov momentum, a linear warm-up then a cosine learning rate, label
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from latbench.errors import ConfigError
 from latbench.space import ZERO, Arch, Space
+from latbench.spaces import DEFAULT_SPACE, NB201
 from search.entry import entry_point
 
 if TYPE_CHECKING:  # torch is imported lazily (keeps --help and argument errors instant)
@@ -107,13 +113,10 @@ def build_net(space: Space, ops: Sequence[str], dropout: float = 0.0) -> nn.Modu
         Classifier(logits.in_ch, logits.out_ch, dropout))
 
 
-def net_from_supernet(space: Space, ops: Sequence[str], checkpoint: str | Path, dropout: float = 0.0) -> nn.Module:
-    """:func:`build_net` with the supernet's weights for the path ``ops`` (search checkpoint)."""
+def read_search_checkpoint(checkpoint: str | Path, resolution: int, space: str = DEFAULT_SPACE) -> dict[str, Any]:
+    """The search checkpoint for ``--init supernet``: readable, a search's, of the arch's ``space`` (older
+    checkpoints name none: ProxylessNAS) and trained at ``resolution``; else one line."""
     import torch
-    from torch import nn
-
-    from latbench.modules import Classifier
-    from search.supernet import Supernet
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -123,10 +126,24 @@ def net_from_supernet(space: Space, ops: Sequence[str], checkpoint: str | Path, 
         raise ConfigError(f"--init supernet: cannot read {checkpoint}: {e}") from None
     if not isinstance(state, dict) or "net" not in state or "config" not in state:
         raise ConfigError(f"--init supernet: {checkpoint} is not a search checkpoint")
+    got = state.get("space") or DEFAULT_SPACE
+    if got != space:
+        raise ConfigError(f"--init supernet: {checkpoint} is a {got} search, the arch is a {space} one")
     res = state["config"].get("resolution")
-    if res != space.resolution:
-        raise ConfigError(f"--init supernet: the supernet was trained at {res} px, this run at {space.resolution} px "
+    if res != resolution:
+        raise ConfigError(f"--init supernet: the supernet was trained at {res} px, this run at {resolution} px "
                           f"(pass --resolution {res})")
+    return state
+
+
+def net_from_supernet(space: Space, ops: Sequence[str], checkpoint: str | Path, dropout: float = 0.0) -> nn.Module:
+    """:func:`build_net` with the supernet's weights for the path ``ops`` (search checkpoint)."""
+    from torch import nn
+
+    from latbench.modules import Classifier
+    from search.supernet import Supernet
+
+    state = read_search_checkpoint(checkpoint, space.resolution)
     sn = Supernet(space, align_init=False)
     try:
         sn.load_state_dict(state["net"])
@@ -309,7 +326,7 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 5 %% of all)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--resolution", type=int, default=None,
-                   help="training image size (default 28 for Fashion-MNIST, 32 for --data)")
+                   help="training image size (default 28 for Fashion-MNIST, 32 for --data and nasbench201 archs)")
     p.add_argument("--data", default=None, help="ImageFolder tree (default: Fashion-MNIST)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None, help="output folder (default: retrain/ beside --arch)")
@@ -335,6 +352,7 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     import torch
 
     from search.data import load_dataset
+    from search.nb201 import load_nb201_arch, nb201_net
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -342,33 +360,47 @@ def _run(args: argparse.Namespace, ddp: DistContext) -> dict[str, Any]:
     arch_path = Path(args.arch)
     if not arch_path.exists():
         raise ConfigError(f"--arch {arch_path}: no such file (a search writes OUT/arch.json)")
-    arch = Arch.load(arch_path)
+    nb = load_nb201_arch(arch_path)  # None: a ProxylessNAS arch
+    arch: Arch | None = None
+    if nb is None:
+        arch = Arch.load(arch_path)
+        arch_dict, arch_text = arch.to_dict(), ",".join(arch.ops)
+    else:
+        arch_dict, arch_text = nb, nb["arch_str"]
+        if args.dropout:
+            raise ConfigError(f"--dropout: the {NB201} network has no dropout layer")
     out = Path(args.out) if args.out else arch_path.parent / "retrain"
-    resolution = args.resolution or (28 if args.data is None else 32)
-    config = TrainConfig(arch=",".join(arch.ops), init=args.init, epochs=args.epochs,
+    resolution = args.resolution or (28 if args.data is None and arch is not None else 32)
+    config = TrainConfig(arch=arch_text, init=args.init, epochs=args.epochs,
                          train_batches=args.train_batches, val_batches=args.val_batches,
                          test_batches=args.test_batches or None, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                          warmup_steps=args.warmup_steps, dropout=args.dropout, resolution=resolution, seed=args.seed)
-    ddp.agree(f"the arch (--arch {arch_path})", json.dumps(arch.to_dict(), sort_keys=True))
+    ddp.agree(f"the arch (--arch {arch_path})", json.dumps(arch_dict, sort_keys=True))
     ddp.agree("the retraining settings",
               json.dumps([asdict(config), args.data, args.init, args.resume], sort_keys=True))
     ddp.check_batch(config.batch_size)
     data = load_dataset(args.data, resolution, seed=args.seed)
-    space = train_space(arch, data, resolution)
-    torch.manual_seed(args.seed)
-    if args.init == "supernet":
-        ckpt = Path(args.supernet) if args.supernet else arch_path.parent / "checkpoint.pt"
-        net = net_from_supernet(space, arch.ops, ckpt, args.dropout)
+    ckpt = Path(args.supernet) if args.supernet else arch_path.parent / "checkpoint.pt"
+    net: nn.Module
+    if arch is None:
+        state = read_search_checkpoint(ckpt, resolution, NB201)["net"] if args.init == "supernet" else None
+        torch.manual_seed(args.seed)
+        net = nb201_net(arch_dict, data.in_channels, data.n_classes, state, str(ckpt))
     else:
-        net = build_net(space, arch.ops, args.dropout)
+        space = train_space(arch, data, resolution)
+        torch.manual_seed(args.seed)
+        if args.init == "supernet":
+            net = net_from_supernet(space, arch.ops, ckpt, args.dropout)
+        else:
+            net = build_net(space, arch.ops, args.dropout)
     trainer = Retrainer(config, net, data, out, ddp=ddp)
     if args.resume:
         trainer.load_checkpoint(out / "checkpoint.pt")
     elif (out / "checkpoint.pt").exists() and ddp.is_main:
         log.warning("%s holds a checkpoint; starting afresh (use --resume to continue it)", out)
     trainer.run()
-    summary = {"arch": arch.to_dict(), "init": args.init, "epochs": trainer.epoch, "data": data.name,
+    summary = {"arch": arch_dict, "init": args.init, "epochs": trainer.epoch, "data": data.name,
                "train_resolution": resolution, "params": sum(p.numel() for p in net.parameters()),
                "val_acc": trainer.history[-1]["val_acc"] if trainer.history else None,
                "test_acc": trainer.evaluate(data.test, config.test_batches), "config": asdict(config),

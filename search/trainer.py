@@ -5,6 +5,10 @@ Each epoch runs ``train_batches`` weight steps (SGD, Nesterov, cosine learning r
 = the paper's λ1‖w‖²). After the ``warmup_epochs`` weights-only epochs, every ``arch_every``-th
 weight step is followed by an architecture step on a held-out batch (Adam on α, β1 = 0, as the
 official code). The derived architecture is the argmax of α per layer.
+
+The space is the predictor's (:func:`build_supernet`): ProxylessNAS (:class:`~search.supernet.Supernet`,
+:class:`~search.latency.LatencyModel`) or NAS-Bench-201 (:class:`~search.nb201.NB201Supernet`, one α per
+cell edge shared by every cell, :class:`~search.latency.NB201LatencyModel`); the loop is the same.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +28,14 @@ from torch import nn
 
 from latbench.errors import ConfigError, LatbenchError
 from latbench.space import Arch, Space
+from latbench.spaces import DEFAULT_SPACE, NB201
 from search.data import Dataset, Split
 from search.distributed import DistContext, average_gradients, convert_batchnorm, tensor_digest
-from search.latency import LatencyModel, LatencyPredictor
+from search.latency import LatencyModel, LatencyPredictor, NB201LatencyModel, OpLatencyPredictor, search_space_of
 from search.losses import DEFAULT_LAMBDA, check_form, latency_loss, mul_log_unit, reinforce_reward
 from search.mixed_op import BINARIZE_MODES
-from search.supernet import Supernet
+from search.nb201 import NB201Supernet
+from search.supernet import ChoiceNet, Supernet
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,25 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], optimizer: torch.optim.Optimizer,
+def build_supernet(predictor: LatencyPredictor | OpLatencyPredictor, config: SearchConfig, data: Dataset,
+                   ) -> tuple[ChoiceNet, LatencyModel | NB201LatencyModel, Space | None]:
+    """The supernet, its latency model and (ProxylessNAS) the training space, for the predictor's space.
+
+    ProxylessNAS: the training space has the data's resolution, classes and channels at the predictor's
+    width. NAS-Bench-201: the standard skeleton (C = 16, 5 cells per stage) with the data's input channels
+    and classes (no training space: the cells are resolution-free); the latencies are those of 32×32×3."""
+    if search_space_of(predictor) == NB201:
+        nb_latency = NB201LatencyModel(cast(OpLatencyPredictor, predictor))
+        torch.manual_seed(config.seed)
+        return NB201Supernet(data.in_channels, data.n_classes), nb_latency, None
+    deploy: Space = cast(LatencyPredictor, predictor).deployment_space()
+    train_space = Space(config.resolution, deploy.width_mult, data.n_classes, data.in_channels)
+    latency = LatencyModel(cast(LatencyPredictor, predictor), train_space)
+    torch.manual_seed(config.seed)
+    return Supernet(train_space, align_init=config.align_init), latency, train_space
+
+
+def reinforce_update(net: ChoiceNet, reward_fn: Callable[[list[int]], float], optimizer: torch.optim.Optimizer,
                      n_samples: int, gen: torch.Generator | None, baseline: float | None,
                      decay: float = 0.99, kind: str = "official") -> tuple[float, float, float]:
     """One REINFORCE step on α: sample ``n_samples`` architectures, ascend
@@ -147,9 +171,9 @@ def reinforce_update(net: Supernet, reward_fn: Callable[[list[int]], float], opt
         new_b = mean_r if baseline is None else decay * baseline + (1 - decay) * mean_r
     else:
         raise ConfigError(f"unknown REINFORCE baseline {kind!r}; choose one of {', '.join(RL_BASELINES)}")
-    loss = torch.zeros((), device=net.layers[0].alpha.device)
+    loss = torch.zeros((), device=net.choices[0].alpha.device)
     for choices, r in samples:
-        logp = sum(F.log_softmax(m.alpha, 0)[c] for m, c in zip(net.layers, choices))
+        logp = sum(F.log_softmax(m.alpha, 0)[c] for m, c in zip(net.choices, choices))
         loss = loss - (r - b) * logp
     loss = loss / n_samples
     loss.backward()
@@ -167,7 +191,7 @@ class ProxylessSearch:
     are those of the global batch, every rank samples the same paths (the same seeded generator),
     REINFORCE rewards use the accuracy on the global batch. One process: ``ddp`` None."""
 
-    def __init__(self, config: SearchConfig, predictor: LatencyPredictor, data: Dataset,
+    def __init__(self, config: SearchConfig, predictor: LatencyPredictor | OpLatencyPredictor, data: Dataset,
                  out: str | Path | None = None, ddp: DistContext | None = None) -> None:
         self.config = config
         self.ddp = ddp or DistContext()
@@ -178,11 +202,9 @@ class ProxylessSearch:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available to torch; use --device cpu")
-        deploy: Space = predictor.deployment_space()
-        self.train_space = Space(config.resolution, deploy.width_mult, data.n_classes, data.in_channels)
-        self.latency = LatencyModel(predictor, self.train_space)
-        torch.manual_seed(config.seed)
-        self.net = Supernet(self.train_space, align_init=config.align_init).to(self.device)
+        self.space = search_space_of(predictor)
+        net, self.latency, self.train_space = build_supernet(predictor, config, data)
+        self.net = net.to(self.device)
         if self.ddp.active:  # before the optimisers: the converted BN layers hold new Parameter objects
             convert_batchnorm(self.net)
             self.ddp.broadcast_module(self.net)
@@ -303,8 +325,8 @@ class ProxylessSearch:
         return correct / max(total, 1)
 
     # -- derived architecture --------------------------------------------------------------------
-    def derived_arch(self) -> Arch:
-        """The argmax architecture at the predictor's deployment resolution."""
+    def derived_arch(self) -> Arch | dict[str, Any]:
+        """The argmax architecture at the predictor's deployment resolution (NAS-Bench-201: its dict)."""
         return self.latency.deployment_arch(self.net.names(self.net.argmax()))
 
     def derived_latency(self) -> float:
@@ -399,7 +421,7 @@ class ProxylessSearch:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "config": asdict(self.config),
+            "format": CHECKPOINT_FORMAT, "space": self.space, "epoch": self.epoch, "config": asdict(self.config),
             "data": self.data.name, "latency": self.latency.fingerprint(),
             "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
             "gen": self.gen.get_state(), "baseline": self.baseline, "history": self.history,
@@ -431,6 +453,9 @@ class ProxylessSearch:
         sweep starts every point from one shared warm-up)."""
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"--resume: {source} is not a search checkpoint")
+        got = state.get("space") or DEFAULT_SPACE  # older checkpoints: ProxylessNAS
+        if got != self.space:
+            raise ConfigError(f"--resume: checkpoint {source} is a {got} search, this one searches {self.space}")
         if check:
             old = state["config"]
             defaults = {f.name: f.default for f in fields(SearchConfig)}
@@ -457,4 +482,4 @@ def check_epochs(config: SearchConfig) -> None:
                     config.warmup_epochs, config.epochs)
 
 
-__all__ = ["SearchConfig", "ProxylessSearch", "reinforce_update", "MODES", "LatbenchError"]
+__all__ = ["SearchConfig", "ProxylessSearch", "build_supernet", "reinforce_update", "MODES", "LatbenchError"]
