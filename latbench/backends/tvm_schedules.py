@@ -8,9 +8,14 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
 * BN after a conv is folded into its constant weights and a bias (``FoldBatchnormToConv2D``; any
   other BN becomes element-wise ops), and every element-wise op (bias, ReLU6, residual add) is
   inlined into the epilogue that follows the conv tile;
-* **conv** (1x1, depthwise k×k with stride, the stem 3x3/2): ``F_tile × X_tile`` register tile of
-  output channels × output columns, vectorised along the columns (contiguous in NCHW), reduction
-  loops outside the tile, the outer loops fused and parallel;
+* **conv** (1x1 that the pointwise rules below do not take, the stem 3x3/2): ``F_tile × X_tile``
+  register tile of output channels × output columns, vectorised along the columns (contiguous in
+  NCHW), reduction loops outside the tile, the outer loops fused and parallel;
+* **depthwise** k×k: one channel per tile, ``rows × columns`` of outputs (one vector when the lanes
+  divide the row, else the whole row of up to 4 vectors; as many rows as the accumulators allow), the
+  k×k taps unrolled so each input row loaded serves every output row of the tile; with **stride 2**
+  the padding block writes even and odd columns to two planes, so every tap is a contiguous load
+  (not a gather). A 56-column row split into 3.5-vector tiles ran 3-6x slower than these tiles;
 * **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
   and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
   ``F_tile × lanes`` pixels; when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
@@ -39,7 +44,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 4
+RULES_VERSION = 5
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -216,27 +221,63 @@ def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int) -
     return f"pointwise-channels {ft}x{xt}"
 
 
-def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int) -> str:
+def depthwise_tile(width: int, height: int, lanes: int, budget: int) -> tuple[int, int]:
+    """(columns, rows) of a depthwise register tile: one vector when the lanes divide the row (112, 56
+    at 8 lanes), else the whole row when it fits in 4 vectors (56, 28, 14, 7 at 16 lanes); then as many
+    output rows as the accumulator budget allows (a divisor of the height), so each loaded input row
+    serves several outputs. A row that is neither (wide, odd) keeps one row of its widest divisor."""
+    if width % lanes == 0:
+        xt = lanes
+    elif width <= 4 * lanes:
+        xt = width
+    else:
+        return _divisors_desc(width, 4 * lanes)[0], 1
+    return xt, _divisors_desc(height, max(1, budget // -(-xt // lanes)))[0]
+
+
+def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
+    """A stride-2 depthwise conv reads every other padded column: its vector loads would be gathers.
+    The padding block writes even and odd columns into two planes instead ((c, y, x) → (c, y, x % 2,
+    x // 2)), so tap ``kx`` of 16 outputs is one contiguous load of plane ``kx % 2``."""
+    if pad is None:
+        return False
+    out_w = _extent(sch, sch.get_loops(conv)[3])
+    kx = _extent(sch, sch.get_loops(conv)[-1])
+    pad_w = int(_buffer(sch.get(pad).writes[0]).shape[-1])
+    if out_w < 2 or (pad_w - kx) // (out_w - 1) != 2:
+        return False
+    sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
+    return True
+
+
+def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None = None) -> str:
     n, f, y, x, *red = sch.get_loops(conv)
     if len(red) != 3:
         raise ValueError(f"conv block with {len(red)} reduction loops")
     consumers = sch.get_consumers(conv)
     width = _extent(sch, x)
     depthwise = _extent(sch, red[0]) == 1
+    deinterleaved = False
     if depthwise:
-        # No input reuse across channels: one channel per tile, a whole row (or a wide divisor of
-        # it) of vectors, the k×k taps unrolled. Channel tiles only multiplied the load streams.
-        xt = width if width <= 4 * lanes else _divisors_desc(width, 4 * lanes)[0]
+        # No input reuse across channels: one channel per tile, a register tile of output rows ×
+        # columns (the k×k taps unrolled), stride-2 inputs de-interleaved so loads stay contiguous.
+        xt, yt = depthwise_tile(width, _extent(sch, y), lanes, budget)
         ft = 1
+        deinterleaved = _deinterleave_stride2(sch, conv, pad)
     else:
-        xt = column_tile(width, lanes)
+        xt, yt = column_tile(width, lanes), 1
         ft = row_tile(_extent(sch, f), budget // -(-xt // lanes))
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
-    sch.reorder(n, fo, y, xo, *red, fi, xi)
-    sch.parallel(sch.fuse(n, fo, y))
+    yo, yi = sch.split(y, [None, yt])
+    if depthwise:
+        sch.reorder(n, fo, yo, xo, *red, fi, yi, xi)
+    else:
+        sch.reorder(n, fo, yo, xo, *red, yi, fi, xi)
+    sch.parallel(sch.fuse(n, fo, yo))
     sch.vectorize(xi)
     sch.unroll(fi)
+    sch.unroll(yi)
     if depthwise:
         sch.unroll(red[1])
         sch.unroll(red[2])
@@ -245,7 +286,9 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int) -> str:
         sch.vectorize(sch.get_loops(cons)[-1])
     # After vectorize: decomposing first makes vectorize reject the init block ("compact dataflow").
     sch.decompose_reduction(conv, red[0])
-    return f"{'depthwise' if depthwise else 'conv'} {ft}x{xt}"
+    if depthwise:
+        return f"depthwise {yt}x{xt}{' s2-deinterleaved' if deinterleaved else ''}"
+    return f"conv {ft}x{xt}"
 
 
 def _schedule_dense(sch: Any, mm: Any, lanes: int) -> str:
@@ -275,6 +318,14 @@ def _schedule_pool(sch: Any, red: Any) -> str:
     return "pool"
 
 
+def _padding_of(sch: Any, conv: Any) -> Any | None:
+    """The real padding block whose output the conv reads (None if it reads its input directly)."""
+    for producer in sch.get_producers(conv):
+        if _is_real_pad(sch, producer):
+            return producer
+    return None
+
+
 def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tuple[Any, str]:
     """Apply latbench's rules to one PrimFunc; returns the scheduled function and the rule used.
 
@@ -302,7 +353,7 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tup
                 elif kind == "nchw" and height_width % lanes == 0:
                     rules.append(_schedule_pointwise_flat(sch, block, lanes, budget))
                 else:
-                    rules.append(_schedule_conv(sch, block, lanes, budget))
+                    rules.append(_schedule_conv(sch, block, lanes, budget, _padding_of(sch, block)))
             elif n_spatial == 2 and n_red == 1 and len(b.reads) == 2:
                 rules.append(_schedule_dense(sch, block, lanes))
             else:
