@@ -80,6 +80,18 @@ def _single(df: pd.DataFrame, col: str, source: str) -> str | None:
     return vals[0] if vals else None
 
 
+
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _warn_once(source: str, n_bad: int, n: int, example: str) -> None:
+    """One warning per table and process (the demo fits a LUT and an xgb predictor on the same table)."""
+    if (source, n_bad, n) in _WARNED:
+        return
+    _WARNED.add((source, n_bad, n))
+    log.warning("%s: %d of %d ops are flagged unstable (CI above the campaign's target), e.g. %s; "
+                "re-measure them on a quieter machine for a better predictor", source, n_bad, n, example)
+
 def op_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None = None) -> OpData:
     """Turn tables / a DataFrame / ``(ops, ms)`` into validated :class:`OpData`.
 
@@ -119,9 +131,7 @@ def op_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None = 
         raise LatbenchError(f"{source}: no successfully measured rows (all {n_err} have status error)")
     if "unstable" in df and df["unstable"].fillna(False).astype(bool).any():  # used, never silently
         bad = df.loc[df["unstable"].fillna(False).astype(bool), "key"]
-        log.warning("%s: %d of %d ops are flagged unstable (CI above the campaign's target), e.g. %s; "
-                    "re-measure them on a quieter machine for a better predictor", source, len(bad), len(df),
-                    bad.iloc[0])
+        _warn_once(source, len(bad), len(df), str(bad.iloc[0]))
     if space is not None:
         mine = df["key"].map(lambda k: space_of_op_key(str(k)) == space)
         if not mine.all():

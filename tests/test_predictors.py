@@ -88,6 +88,21 @@ def test_lut_sums_measured_ops(measured, lut):
     assert lut.get_params() == {"stat": "median_ms", "fallback": None}
 
 
+def test_unstable_rows_are_warned_about_once_per_table(measured, tmp_path, caplog):
+    """Unstable rows are used but never silently; two predictors fitted on one table (the demo fits a LUT and
+    an xgb) warn once."""
+    df = pd.read_parquet(measured)
+    df["unstable"] = False
+    df.loc[df.index[:3], "unstable"] = True
+    path = tmp_path / "ops-tvm.parquet"
+    df.to_parquet(path)
+    with caplog.at_level("WARNING"):
+        LUTPredictor().fit(path, resolution=32)
+        GBDTPredictor(n_estimators=20).fit(path, resolution=32)
+    warnings = [r.getMessage() for r in caplog.records if "flagged unstable" in r.getMessage()]
+    assert len(warnings) == 1 and f"3 of {len(df)} ops" in warnings[0], warnings
+
+
 def test_gbdt_fits_real_table_and_predicts_unseen_ops(measured):
     from latbench.tables import ok_rows, read_table
 
