@@ -70,9 +70,20 @@ def op_features(op: OpSpec) -> dict[str, float]:
     }
 
 
+#: The first columns of :func:`arch_features` (then two per searchable layer: :func:`arch_feature_names`).
+ARCH_HEAD_FEATURES: tuple[str, ...] = ("log_flops", "log_params", "log_weight_bytes", "log_act_bytes",
+                                       "log_flops_depthwise", "resolution", "width_mult", "n_blocks")
+
+
+def arch_feature_names(n_layers: int) -> tuple[str, ...]:
+    """Column names of :func:`arch_features` for an architecture of ``n_layers`` searchable layers."""
+    return ARCH_HEAD_FEATURES + tuple(f"layer{i}_{p}" for i in range(n_layers) for p in ("kernel", "expand"))
+
+
 def arch_features(arch: Arch) -> np.ndarray:
-    """Features of a ProxylessNAS :class:`~latbench.space.Arch`: summed FLOPs/params/bytes of its
-    ops, resolution, width, and per searchable layer its kernel and expand (0 for ``zero``)."""
+    """Features of a ProxylessNAS :class:`~latbench.space.Arch` (:func:`arch_feature_names`): summed
+    FLOPs/params/bytes of its ops, resolution, width, and per searchable layer its kernel and expand
+    (0 for ``zero``)."""
     tot = {"flops": 0.0, "params": 0.0, "weight_bytes": 0.0, "act_bytes": 0.0, "flops_depthwise": 0.0}
     for op in arch.op_specs:
         f = op_features(op)
