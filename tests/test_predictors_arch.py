@@ -216,3 +216,21 @@ def test_proxylessnas_networks(tmp_path):
         p.predict(1462)
     with pytest.raises(WholeNetworkOnlyError):
         p.layer_latencies(space)
+
+
+def test_calibration_tables_still_read(table, tmp_path, cli):
+    """fit-predictor --calibration shares the archs-table reading (space, ok rows, archs) with xgb-arch."""
+    ops = nb201_op_table(tmp_path / "ops-torch.parquet")
+    code, out, err = cli("fit-predictor", "--space", "nasbench201", "--table", ops, "--calibration", table,
+                         "--out", tmp_path / "lut.pkl", "--json")
+    assert code == 0, err
+    assert json.loads(out)["calibration"]["n"] == N_FIT
+    px = tmp_path / "px-ops.csv"
+    pd.DataFrame({"key": ["Conv-input:32x32x3-output:16x16x32"], "median_ms": [0.05], "status": ["ok"],
+                  "device": ["synth-cpu"], "backend": ["torch"]}).to_csv(px, index=False)
+    for argv, message in [(["--table", px, "--calibration", table],
+                           "hold nasbench201 networks but the predictor is for the proxylessnas space"),
+                          (["--kind", "xgb-arch", "--table", table, "--calibration", table],
+                           "--calibration apply to op predictors")]:
+        code, _, err = cli("fit-predictor", *argv, "--out", tmp_path / "x.pkl")
+        assert code == 2 and message in err and err.count("\n") == 1, err
