@@ -58,9 +58,10 @@ class ArchGBDTPredictor(BasePredictor):
     """xgboost regression of log whole-network latency on architecture features (see the module docstring).
 
     Parameters are xgboost's (CPU ``hist`` trees), ``stat`` (the table column learned, ``median_ms``) and
-    ``n_jobs`` is 1: on tables of hundreds of networks a second thread costs more in synchronisation than it
-    saves (0.28 s vs 0.47 s for 200 networks, 500 rounds, on a loaded 2-core machine). ``holdout``: a fraction of the networks (drawn with ``random_state``) left out of the fit, whose accuracy
+    ``holdout``: a fraction of the networks (drawn with ``random_state``) left out of the fit, whose accuracy
     (:func:`latbench.metrics.accuracy_metrics`) is kept as ``holdout_`` and shown by :meth:`describe`.
+    ``n_jobs`` is 1: on tables of hundreds of networks a second thread costs more in synchronisation than it
+    saves (0.28 s vs 0.47 s for 200 networks, 500 rounds, on a loaded 2-core machine).
     ``predict``/``score``/``fit_calibration`` take the space's architectures as the other predictors do;
     per-layer and per-op latencies (:meth:`layer_latencies`, :meth:`fixed_latency`, :meth:`predict_ops`) are a
     one-line :class:`WholeNetworkOnlyError`.
