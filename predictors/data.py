@@ -242,6 +242,10 @@ def arch_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None 
                             "architecture tables (archs-<backend>.parquet); fit --kind lut or xgb on op tables")
     if stat not in df.columns:
         raise LatbenchError(f"{source}: not a latbench architecture table (no {stat!r} column)")
+    if "kind" in df.columns and not (df["kind"] == "arch").all():  # a directory's op tables came along
+        log.warning("%s: skipping %d op rows (keeping the %d networks)", source, int((df["kind"] != "arch").sum()),
+                    int((df["kind"] == "arch").sum()))
+        df = df[df["kind"] == "arch"]
     device, backend = _single(df, "device", source), _single(df, "backend", source)
     target = _single(df, "target", source)
     ok = ok_mask(df)

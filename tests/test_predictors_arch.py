@@ -171,6 +171,7 @@ def test_cli_fit_predict_and_wrong_inputs(table, pred, tmp_path, cli):
         assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
 
     ops = nb201_op_table(tmp_path / "ops-torch.parquet")
+    assert ArchGBDTPredictor(n_estimators=20).fit([table, ops]).n_train_ == N_FIT  # a directory's op rows: skipped
     one_line("this is an op table", "fit-predictor", "--kind", "xgb-arch", "--table", ops, "--out", out)
     one_line("this is an architecture table", "fit-predictor", "--kind", "lut", "--table", table, "--out", out)
     one_line("this is an architecture table", "fit-predictor", "--kind", "xgb", "--table", table, "--out", out)
