@@ -3,7 +3,8 @@
 Reads an archs table (``latbench measure --space nasbench201 --archs N`` or ``--archs N``: rows with ``key``,
 ``status``, ``median_ms``, and for NAS-Bench-201 ``arch_str``/``arch_index``; never measures anything). For
 each k, ``--repeats`` seeded draws pick k networks to fit an :class:`~predictors.ArchGBDTPredictor` on; it is
-scored on all the other networks of the table (MAPE, Spearman), and the mean ± std over the draws is printed.
+scored on all the other networks of the table (MAPE, Spearman), and the mean ± std over the draws is printed,
+after the table's own noise (median CI half-width of the networks, how many are flagged unstable).
 If an op table is given (``--ops``, by default ``ops-<backend>.parquet`` beside the archs table, when it exists),
 the op-sum LUT fitted on it (what ``latbench fit-predictor --kind lut --table OPS`` gives) is scored on the same
 held-out networks, raw and with its scale/offset calibrated on the same k networks — the fair comparison, since
@@ -23,6 +24,7 @@ import numpy as np
 
 from latbench.errors import LatbenchError
 from latbench.metrics import accuracy_metrics
+from latbench.tables import ok_rows, read_table
 from predictors import ArchGBDTPredictor, LUTPredictor
 from predictors.data import ArchData, arch_data
 
@@ -45,6 +47,17 @@ def summary(rows: list[tuple[float, float]]) -> str:
     a = np.asarray(rows)
     return (f"MAPE {a[:, 0].mean():6.2f} ± {a[:, 0].std():4.2f} %   "
             f"Spearman {a[:, 1].mean():.4f} ± {a[:, 1].std():.4f}")
+
+
+def noise_note(table: Path) -> str:
+    """The measurements' own noise: the median 95 % CI half-width of the networks and how many are unstable."""
+    ok = ok_rows(read_table(table))
+    parts = []
+    if "ci_halfwidth_pct" in ok and ok["ci_halfwidth_pct"].notna().any():
+        parts.append(f"median CI ±{float(ok['ci_halfwidth_pct'].median()):.1f} %")
+    if "unstable" in ok:
+        parts.append(f"{int(ok['unstable'].fillna(False).astype(bool).sum())} of {len(ok)} flagged unstable")
+    return "noise: " + ", ".join(parts) if parts else "noise: not recorded"
 
 
 def fit_lut(ops: Path | None, data: ArchData) -> tuple[LUTPredictor | None, str]:
@@ -81,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     lut_ms = np.asarray(lut.predict(data.archs)) if lut is not None else None
     n = len(data.archs)
     print(f"{args.table}: {n} measured {data.space} networks (device {data.device}, backend {data.backend}), "
-          f"{data.ms.min():.3f}–{data.ms.max():.3f} ms; {note}; {args.repeats} draws per k, seed {args.seed}")
+          f"{data.ms.min():.3f}–{data.ms.max():.3f} ms ({noise_note(args.table)}); {note}; {args.repeats} draws "
+          f"per k, seed {args.seed}")
     for k in args.ks:
         if not 2 <= k <= n - 2:
             print(f"k={k}: skipped (the table has {n} networks; need 2 ≤ k ≤ {n - 2})")
