@@ -16,7 +16,7 @@ the mapped proxy, mapped proxy + residual, and xgboost trained from scratch on t
 
 Features: NAS-Bench-201 cells (``arch_str``) give op counts per type, counts of ops on live paths
 and per-edge one-hot (:func:`latbench.nasbench201.nb201_features`); our ProxylessNAS :class:`~latbench.space.Arch` give
-summed op features plus per-layer kernel/expand (:func:`arch_features`).
+summed op features plus per-layer kernel/expand (:func:`latbench.features.arch_features`).
 
 Files: :func:`save_adapter` writes plain data (dicts, lists, floats, str, the xgboost model as raw
 UBJSON bytes) and :func:`load_adapter` reads it through :mod:`predictors.io`, whose unpickler
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from latbench.errors import AdaptError
-from latbench.features import op_features
+from latbench.features import arch_features
 from latbench.metrics import accuracy_within, spearman
 from latbench.nasbench201 import detect_feature_kind, nb201_features
-from latbench.space import ZERO, Arch, parse_candidate
+from latbench.space import Arch
 from predictors.io import FileKind, load_predictor, read_plain, write_plain
 
 log = logging.getLogger(__name__)
@@ -66,24 +65,6 @@ ADAPTER_FILE = FileKind(
 # --------------------------------------------------------------------------------------------
 # features
 # --------------------------------------------------------------------------------------------
-def arch_features(arch: Any) -> np.ndarray:
-    """Features of a ProxylessNAS :class:`~latbench.space.Arch`: summed FLOPs/params/bytes of its
-    ops, resolution, width, and per searchable layer its kernel and expand (0 for ``zero``)."""
-    tot = {"flops": 0.0, "params": 0.0, "weight_bytes": 0.0, "act_bytes": 0.0, "flops_depthwise": 0.0}
-    for op in arch.op_specs:
-        f = op_features(op)
-        for k in tot:
-            tot[k] += f[k]
-    per_layer: list[float] = []
-    for name in arch.ops:
-        k, e = (0, 0) if name == ZERO else parse_candidate(name)
-        per_layer += [float(k), float(e)]
-    head = [math.log(tot["flops"]), math.log(tot["params"]), math.log(tot["weight_bytes"]),
-            math.log(tot["act_bytes"]), math.log(max(tot["flops_depthwise"], 1.0)),
-            float(arch.resolution), float(arch.width_mult), float(sum(o != ZERO for o in arch.ops))]
-    return np.array(head + per_layer, dtype=float)
-
-
 def features_for(ids: Sequence[str], kind: str) -> np.ndarray:
     """Feature matrix of entries: ``nb201`` (ids are cell strings) or ``arch`` (ids are arch JSON)."""
     if kind == "nb201":

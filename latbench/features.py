@@ -1,4 +1,5 @@
-"""Analytic features of an op for latency predictors: FLOPs, params, memory traffic, shapes.
+"""Analytic features of an op for latency predictors: FLOPs, params, memory traffic, shapes; and of a
+whole ProxylessNAS architecture (:func:`arch_features`, used by the proxy adapter and the arch-level GBDT).
 
 Counts are for batch 1, fp32, with BN folded into the convs (as deployed). A multiply-add counts
 as 2 FLOPs. ``act_bytes`` is the activation traffic of an unfused implementation (every
@@ -6,7 +7,12 @@ intermediate tensor written once and read once), ``weight_bytes`` the parameters
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from latbench.ops import OpSpec
+from latbench.space import ZERO, Arch, parse_candidate
 
 BYTES = 4  # fp32
 
@@ -62,3 +68,32 @@ def op_features(op: OpSpec) -> dict[str, float]:
         "flops_expand": float(f_exp), "flops_depthwise": float(f_dw), "flops_project": float(f_proj),
         "arith_intensity": float(flops) / float(weight_bytes + act_bytes),
     }
+
+
+#: The first columns of :func:`arch_features` (then two per searchable layer: :func:`arch_feature_names`).
+ARCH_HEAD_FEATURES: tuple[str, ...] = ("log_flops", "log_params", "log_weight_bytes", "log_act_bytes",
+                                       "log_flops_depthwise", "resolution", "width_mult", "n_blocks")
+
+
+def arch_feature_names(n_layers: int) -> tuple[str, ...]:
+    """Column names of :func:`arch_features` for an architecture of ``n_layers`` searchable layers."""
+    return ARCH_HEAD_FEATURES + tuple(f"layer{i}_{p}" for i in range(n_layers) for p in ("kernel", "expand"))
+
+
+def arch_features(arch: Arch) -> np.ndarray:
+    """Features of a ProxylessNAS :class:`~latbench.space.Arch` (:func:`arch_feature_names`): summed
+    FLOPs/params/bytes of its ops, resolution, width, and per searchable layer its kernel and expand
+    (0 for ``zero``)."""
+    tot = {"flops": 0.0, "params": 0.0, "weight_bytes": 0.0, "act_bytes": 0.0, "flops_depthwise": 0.0}
+    for op in arch.op_specs:
+        f = op_features(op)
+        for k in tot:
+            tot[k] += f[k]
+    per_layer: list[float] = []
+    for name in arch.ops:
+        k, e = (0, 0) if name == ZERO else parse_candidate(name)
+        per_layer += [float(k), float(e)]
+    head = [math.log(tot["flops"]), math.log(tot["params"]), math.log(tot["weight_bytes"]),
+            math.log(tot["act_bytes"]), math.log(max(tot["flops_depthwise"], 1.0)),
+            float(arch.resolution), float(arch.width_mult), float(sum(o != ZERO for o in arch.ops))]
+    return np.array(head + per_layer, dtype=float)

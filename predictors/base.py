@@ -127,6 +127,10 @@ class BasePredictor(RegressorMixin, BaseEstimator):
             delattr(self, name)
         self._tables: dict[Space, _SpaceTable] = {}
 
+    def check_decomposable(self) -> None:
+        """Nothing for a predictor of op latencies (it gives per-layer tables and per-op latencies, what the
+        gradient search needs); a one-line error for one that predicts only whole networks."""
+
     def _fit_ops(self, data: OpData) -> None:
         raise NotImplementedError
 

@@ -1,6 +1,8 @@
-"""Training data of predictors: op tables (paths, DataFrames) or ``(ops, ms)`` turned into validated :class:`OpData`."""
+"""Training data of predictors: op tables (paths, DataFrames) or ``(ops, ms)`` turned into validated :class:`OpData`;
+architecture tables or ``(archs, ms)`` into :class:`ArchData` (the whole-network predictor's)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ import pandas as pd
 from latbench.errors import LatbenchError
 from latbench.nasbench201 import NB201Op
 from latbench.ops import OpSpec
-from latbench.spaces import DEFAULT_SPACE, NB201, space_of_op_key
+from latbench.space import Arch
+from latbench.spaces import DEFAULT_SPACE, NB201, SpaceError, arch_key, nb201_arch, space_of, space_of_op_key
 from latbench.tables import ok_mask, read_table
 
 log = logging.getLogger(__name__)
@@ -113,9 +116,9 @@ def op_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None = 
     df, source = frame_of(X)
     if df.empty:
         raise LatbenchError(f"{source}: the table is empty (measure some ops first)")
-    if "arch" in df.columns or ("kind" in df.columns and (df["kind"] == "arch").all()):
-        raise LatbenchError(f"{source}: this is an architecture table; fit predictors on op tables "
-                            "(ops-<backend>.parquet)")
+    if is_arch_table(df):
+        raise LatbenchError(f"{source}: this is an architecture table; fit lut/xgb predictors on op tables "
+                            "(ops-<backend>.parquet), or --kind xgb-arch on whole networks")
     for col in ("key", stat):
         if col not in df.columns:
             raise LatbenchError(f"{source}: not a latbench op table (no {col!r} column)")
@@ -173,3 +176,109 @@ def check_latency(v: Any, key: str, source: str, what: str = "latency") -> float
         raise LatbenchError(f"{source}: {what} of {key} is {f!r}; latencies must be finite and > 0 ms "
                             "(re-measure that op or drop the row)")
     return f
+
+
+# -- whole networks -------------------------------------------------------------------------------
+@dataclass
+class ArchData:
+    """Validated whole-network training data: architectures (an :class:`~latbench.space.Arch` for ProxylessNAS,
+    the plain dict of :func:`latbench.spaces.nb201_arch` for NAS-Bench-201), their latencies (ms), the search
+    space and where they came from."""
+
+    archs: list[Any]
+    ms: np.ndarray
+    device: str | None = None
+    backend: str | None = None
+    target: str | None = None
+    source: str = "data"
+    space: str = DEFAULT_SPACE
+
+
+def is_arch_table(df: pd.DataFrame) -> bool:
+    """Rows of whole networks (``latbench measure --archs``), not of ops."""
+    return "arch" in df.columns or "arch_str" in df.columns or \
+        ("kind" in df.columns and len(df) > 0 and bool((df["kind"] == "arch").all()))
+
+
+def arch_table_space(df: pd.DataFrame, source: str) -> str:
+    """The one search space of an architecture table's networks (rows without ``space``: ProxylessNAS);
+    a one-line error when the tables mix spaces."""
+    spaces = {str(s) for s in df["space"].dropna()} if "space" in df else set()
+    if "space" not in df or df["space"].isna().any():
+        spaces.add(NB201 if "arch_str" in df and df["arch_str"].notna().all() else DEFAULT_SPACE)
+    if len(spaces) > 1:
+        raise SpaceError(f"{source}: the tables mix networks of the {' and '.join(sorted(spaces))} search spaces; "
+                         "pass only one space's archs tables")
+    return spaces.pop() if spaces else DEFAULT_SPACE
+
+
+def table_archs(df: pd.DataFrame, space: str, source: str) -> tuple[list[Any], np.ndarray]:
+    """The architectures of an architecture table's rows and their ``median_ms`` (rows of ProxylessNAS networks
+    from net configs outside the space have no arch to predict from: skipped)."""
+    if space == NB201:
+        col = "arch_str" if "arch_str" in df else "arch_index"
+        return [nb201_arch(v if col == "arch_str" else int(v)) for v in df[col]], df["median_ms"].to_numpy(float)
+    if "arch" not in df:
+        raise LatbenchError(f"{source}: not a {DEFAULT_SPACE} architecture table (no 'arch' column)")
+    df = df[df["arch"].notna()]
+    archs = [Arch.from_dict(json.loads(a) if isinstance(a, str) else a, source) for a in df["arch"]]
+    return archs, df["median_ms"].to_numpy(float)
+
+
+def arch_data(X: Any, y: Any = None, stat: str = "median_ms", space: str | None = None) -> ArchData:
+    """Architecture tables (``archs-<backend>.parquet``: paths, a DataFrame, a list of them) or ``(archs, ms)``
+    as validated :class:`ArchData`.
+
+    Error rows are skipped (logged); an op table, a table mixing devices, backends or spaces, one of another space
+    than ``space``, or an ``ok`` row with a bad latency is a one-line error. A network measured in several tables
+    keeps the median of its latencies.
+    """
+    if y is not None:
+        archs = list(X)
+        ms = np.asarray(y, dtype=float)
+        if ms.shape != (len(archs),):
+            raise LatbenchError(f"got {len(archs)} architectures but {ms.size} latencies")
+        first = archs[0] if archs else None
+        theirs = DEFAULT_SPACE if first is None or isinstance(first, Arch) or \
+            isinstance(first, dict) and space_of(first) == DEFAULT_SPACE else NB201
+        for i, v in enumerate(ms):
+            check_latency(v, f"architecture {i}", "latencies")
+        return ArchData(archs, ms, space=space or theirs)
+    df, source = frame_of(X)
+    if df.empty:
+        raise LatbenchError(f"{source}: the table is empty (measure some networks first)")
+    if not is_arch_table(df):
+        raise LatbenchError(f"{source}: this is an op table; the whole-network predictor (xgb-arch) learns from "
+                            "architecture tables (archs-<backend>.parquet); fit --kind lut or xgb on op tables")
+    if stat not in df.columns:
+        raise LatbenchError(f"{source}: not a latbench architecture table (no {stat!r} column)")
+    if "kind" in df.columns and not (df["kind"] == "arch").all():  # a directory's op tables came along
+        log.warning("%s: skipping %d op rows (keeping the %d networks)", source, int((df["kind"] != "arch").sum()),
+                    int((df["kind"] == "arch").sum()))
+        df = df[df["kind"] == "arch"]
+    device, backend = _single(df, "device", source), _single(df, "backend", source)
+    target = _single(df, "target", source)
+    ok = ok_mask(df)
+    if int((~ok).sum()):
+        log.warning("%s: skipping %d rows whose status is not ok", source, int((~ok).sum()))
+    df = df[ok]
+    if df.empty:
+        raise LatbenchError(f"{source}: no successfully measured networks (every row has status error)")
+    theirs = arch_table_space(df, source)
+    if space is not None and space != theirs:
+        raise SpaceError(f"{source}: these are {theirs} networks, not {space} ones; pass --space {theirs} or "
+                         "that space's archs tables")
+    df = df.assign(median_ms=df[stat])
+    archs, ms = table_archs(df, theirs, source)
+    by_key: dict[str, list[float]] = {}
+    first_arch: dict[str, Any] = {}
+    for a, v in zip(archs, ms):
+        key = a.key if isinstance(a, Arch) else arch_key(a)
+        check_latency(v, key, source, stat)
+        by_key.setdefault(key, []).append(float(v))
+        first_arch.setdefault(key, a)
+    keys = list(by_key)
+    if not keys:
+        raise LatbenchError(f"{source}: no architectures of the {theirs} space to learn from")
+    return ArchData([first_arch[k] for k in keys], np.array([float(np.median(by_key[k])) for k in keys]),
+                    device, backend, target, source, theirs)

@@ -87,6 +87,21 @@ FEATURE_SETS: dict[str, FeatureSet] = {
 }
 
 
+def load_booster(raw: Any, what: str) -> Any:
+    """The xgboost model of a predictor file from its UBJSON bytes (xgboost parses them as data, never code);
+    a one-line error for missing or corrupt bytes."""
+    import xgboost as xgb
+
+    if not isinstance(raw, bytes):
+        raise LatbenchError(f"{what} state has no xgboost model bytes")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(raw))
+    except xgb.core.XGBoostError as e:
+        raise LatbenchError(f"the xgboost model in the file is corrupt: {str(e).splitlines()[0]}") from None
+    return booster
+
+
 @register_predictor
 class GBDTPredictor(BasePredictor):
     """xgboost regression of op latency on op features; architecture latency = Σ op predictions.
@@ -202,22 +217,12 @@ class GBDTPredictor(BasePredictor):
                 "domain": {k: [float(a), float(b)] for k, (a, b) in getattr(self, "domain_", {}).items()}}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        import xgboost as xgb
-
         fs = self._features  # the base state (its search space) is loaded first
         if list(state.get("feature_names", [])) != list(fs.names) or \
                 list(state.get("base_terms", [])) != list(fs.base_terms):
             raise LatbenchError("this GBDT predictor was trained on other op features than this latbench "
                                 "computes; refit it with `latbench fit-predictor --kind xgb`")
-        raw = state.get("model_ubj")
-        if not isinstance(raw, bytes):
-            raise LatbenchError("GBDT state has no xgboost model bytes")
-        booster = xgb.Booster()
-        try:
-            booster.load_model(bytearray(raw))
-        except xgb.core.XGBoostError as e:
-            raise LatbenchError(f"the xgboost model in the file is corrupt: {str(e).splitlines()[0]}") from None
-        self.booster_ = booster
+        self.booster_ = load_booster(state.get("model_ubj"), "GBDT")
         self.base_coef_ = [float(c) for c in state.get("base_coef", [])]
         self.train_rmse_log_ = float(state.get("train_rmse_log", float("nan")))
         domain = state.get("domain") or {}  # files written before the domain was kept: no check

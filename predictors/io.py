@@ -4,7 +4,7 @@ A ``.pkl`` is what users pass around, so it must be as safe to open as a JSON fi
 (protocol 4) of one dict holding only ``None``, bools, ints, floats, strings, bytes, lists, tuples
 and dicts. A predictor file is::
 
-    {"format": "latbench-predictor", "version": 1, "kind": "lut" | "gbdt",
+    {"format": "latbench-predictor", "version": 1, "kind": "lut" | "gbdt" | "xgb-arch",
      "params": {...}, "state": {...}, "fallback": <nested payload or None>}
 
 and an adapter file (:func:`latbench.adapt.save_adapter`) ``{"format": "latbench.adapted-proxy", ...}``.
@@ -129,7 +129,7 @@ def register_predictor(cls: type[BasePredictor]) -> type[BasePredictor]:
 
 
 def predictor_class(kind: str) -> type[BasePredictor]:
-    """The predictor class registered under ``kind`` (``lut``, ``gbdt``)."""
+    """The predictor class registered under ``kind`` (``lut``, ``gbdt``, ``xgb-arch``)."""
     if kind not in _REGISTRY:
         raise LatbenchError(f"unknown predictor kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind]

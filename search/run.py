@@ -105,10 +105,16 @@ def build_parser(add_help: bool = True, verbose: bool = True) -> argparse.Argume
 
 
 def load_predictor_file(path: str | Path) -> LatencyPredictor | OpLatencyPredictor:
-    """The predictor saved at ``path`` (the ``predictors`` package's safe loader)."""
+    """The predictor saved at ``path`` (the ``predictors`` package's safe loader); one that cannot give
+    per-layer latencies (a whole-network ``xgb-arch`` predictor) is a one-line error."""
     if not Path(path).exists():
         raise LatbenchError(f"--predictor {path}: no such file; make one with 'latbench fit-predictor'")
-    return load_predictor(path)
+    predictor = load_predictor(path)
+    try:
+        predictor.check_decomposable()
+    except LatbenchError as e:
+        raise type(e)(f"--predictor {path}: {e}") from None
+    return predictor
 
 
 def check_space(args: argparse.Namespace, space: str) -> None:
