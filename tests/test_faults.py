@@ -193,8 +193,12 @@ def test_signal_during_build_leaves_no_worker(sig, tmp_path, small_ops):
     """Killed while the spawn workers compile (a fresh cache): no worker, no resource tracker survives."""
     mark = uuid.uuid4().hex
     dev = write_device(tmp_path, "build-cpu", timing=TIMING)
-    proc = start(op_args(dev, tmp_path / "d", tmp_path / "cache", [o.key for o in small_ops], "--workers", "2"), mark)
+    # 40 random configurations beyond the 6 small ops: builds take ~1 s each now (numpy constant folding), so
+    # 6 alone were finished, and the campaign done, before the signal landed (CI: exit 0 instead of 130).
+    proc = start(op_args(dev, tmp_path / "d", tmp_path / "cache", [o.key for o in small_ops], "--workers", "2",
+                         "--sample", "40"), mark)
     wait_until(lambda: _workers_started(mark) >= 2, proc, 120, "build workers")
+    assert not list((tmp_path / "d").rglob("*.parquet")), "the build finished before the signal: nothing to test"
     code, err = send(proc, sig)
     left = settle(mark)
     assert code == EXPECTED_CODE[sig], err
