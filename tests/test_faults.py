@@ -189,7 +189,7 @@ def _workers_started(mark: str) -> int:
 
 
 #: Known defect (2026-12-02): in 2 of 2 full CI rehearsals the process-group SIGINT sent once both build workers
-#: were up was lost (the campaign ran on: exit 0, or still running after 60 s); in isolation it passes 10 of 10.
+#: were up was lost (the campaign ran on: exit 0, or still running after 60 s); in isolation it passed 8 of 8.
 #: Seen since builds got ~10x faster (numpy constant folding). Not a mock: the case stays, marked until fixed.
 _SIGINT_LOST = pytest.mark.xfail(reason="Ctrl-C during a fast build is sometimes lost (known defect)", strict=False)
 
