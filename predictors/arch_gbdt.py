@@ -38,7 +38,7 @@ from latbench.space import Space, space_to_dict
 from latbench.spaces import DEFAULT_SPACE, NB201, SpaceError, get_space
 from predictors.base import BasePredictor
 from predictors.data import arch_data
-from predictors.gbdt import load_booster
+from predictors.gbdt import booster_params, load_booster
 from predictors.io import register_predictor
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,7 @@ class ArchGBDTPredictor(BasePredictor):
         self.random_state = random_state
 
     def _xgb_params(self) -> dict[str, Any]:
-        return {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": int(self.max_depth),
-                "eta": float(self.learning_rate), "subsample": float(self.subsample),
-                "colsample_bytree": float(self.colsample_bytree),
-                "min_child_weight": float(self.min_child_weight), "lambda": float(self.reg_lambda),
-                "nthread": int(self.n_jobs), "seed": int(self.random_state), "verbosity": 0}
+        return booster_params(self)
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, **kwargs: Any) -> ArchGBDTPredictor:

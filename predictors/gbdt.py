@@ -102,6 +102,15 @@ def load_booster(raw: Any, what: str) -> Any:
     return booster
 
 
+def booster_params(est: Any) -> dict[str, Any]:
+    """xgboost's training parameters from an estimator's scikit-learn-style hyper-parameters (both GBDT kinds)."""
+    return {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": int(est.max_depth),
+            "eta": float(est.learning_rate), "subsample": float(est.subsample),
+            "colsample_bytree": float(est.colsample_bytree),
+            "min_child_weight": float(est.min_child_weight), "lambda": float(est.reg_lambda),
+            "nthread": int(est.n_jobs), "seed": int(est.random_state), "verbosity": 0}
+
+
 @register_predictor
 class GBDTPredictor(BasePredictor):
     """xgboost regression of op latency on op features; architecture latency = Σ op predictions.
@@ -130,11 +139,7 @@ class GBDTPredictor(BasePredictor):
         self.allow_extrapolation = allow_extrapolation
 
     def _xgb_params(self) -> dict[str, Any]:
-        return {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": int(self.max_depth),
-                "eta": float(self.learning_rate), "subsample": float(self.subsample),
-                "colsample_bytree": float(self.colsample_bytree),
-                "min_child_weight": float(self.min_child_weight), "lambda": float(self.reg_lambda),
-                "nthread": int(self.n_jobs), "seed": int(self.random_state), "verbosity": 0}
+        return booster_params(self)
 
     def _fit_ops(self, data: OpData) -> None:
         import xgboost as xgb  # deferred here and below: xgboost takes ~1 s to import; a LUT never needs it
