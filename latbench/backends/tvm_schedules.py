@@ -246,7 +246,7 @@ def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
     out_w = _extent(sch, sch.get_loops(conv)[3])
     kx = _extent(sch, sch.get_loops(conv)[-1])
     pad_w = int(_buffer(sch.get(pad).writes[0]).shape[-1])
-    if out_w < 2 or (pad_w - kx) // (out_w - 1) != 2:
+    if out_w < 2 or pad_w % 2 or (pad_w - kx) // (out_w - 1) != 2:  # an odd padded width: no two equal planes
         return False
     sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
     return True
@@ -402,7 +402,7 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
                 log.info("pointwise rule failed for %s, using the generic conv rule: %s", name, exc)
         except Exception as exc:  # noqa: BLE001 - any TVM error means "rule does not apply"
             notes["fallbacks"].append({"func": name, "error": _last_line(exc)})
-            log.warning("schedule rule failed for %s, using the unscheduled function: %s", name, exc)
+            log.warning("schedule rule failed for %s, using the unscheduled function: %s", name, _last_line(exc))
             continue
         new = new.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
         mod[gv] = new
