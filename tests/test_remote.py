@@ -187,6 +187,13 @@ def _listening(port: int) -> set[str]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def test_measure_through_ssh_tunnel(tmp_path, sshd, cli, x86_set):
     """rpc mode ssh: the board's server listens on its 127.0.0.1 only and the campaign reaches it through a
     port forward on the SSH connection (rows name the forward's port, not the board's)."""
@@ -218,8 +225,6 @@ def test_measure_through_ssh_tunnel(tmp_path, sshd, cli, x86_set):
     assert not _listening(board_port)
 
 
-@pytest.mark.xfail(strict=False, reason="known defect (2026-12-02): in 1 of 3 CI rehearsals the board server outlived "
-                   "SIGTERM to `device start` (orphaned, still on 9090); the pool part passed")
 def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
     """rpc tracker with tunnel: `device start` holds a reverse forward (board → loopback tracker) and a local one
     (clients → board); the pool times ops through them; SIGTERM stops the board server and the forwards."""
@@ -266,3 +271,42 @@ def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
         while servers_of(tracker.summary(), "tunpool") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not servers_of(tracker.summary(), "tunpool")
+
+
+def test_board_server_dies_with_a_killed_device_start(tmp_path, sshd):
+    """`device start` SIGKILLed (no cleanup runs): its SSH connection and both forwards go with it, and the board
+    server, which nobody can reach any more, exits on its own (``--exit-on-tracker-loss``) instead of staying on
+    the board's loopback port retrying the tracker forever."""
+    import signal
+    import subprocess
+
+    import yaml
+
+    from conftest import latbench_cmd
+    from latbench.runners.tracker import LocalTracker
+
+    with LocalTracker() as tracker:
+        path = ssh_device(tmp_path, sshd, name="killstart")
+        d = yaml.safe_load(path.read_text())
+        d["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker.port, "key": "killstart", "tunnel": True,
+                    "connect_timeout": 10}
+        write_yaml(path, d)
+        proc = subprocess.Popen(latbench_cmd("device", "start", path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            tracker.wait_for_servers("killstart", 1, timeout=60)
+            board_log = tmp_path / "board" / "server.log"
+            bound = int(next(ln.split()[1] for ln in board_log.read_text().splitlines() if ln.startswith("PORT ")))
+            pid = int((tmp_path / "board" / "server.pid").read_text())
+            assert _listening(bound) == {"127.0.0.1"}
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive := _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        assert not alive, board_log.read_text()[-600:]
+        assert not _listening(bound)
+        assert "exiting (--exit-on-tracker-loss)" in board_log.read_text()

@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--custom-addr", default=None, help="address the tracker hands to clients (default: as seen)")
     ap.add_argument("--custom-port", type=int, default=None,
                     help="port the tracker hands to clients (default: the one bound; an SSH tunnel's port)")
+    ap.add_argument("--exit-on-tracker-loss", action="store_true",
+                    help="exit when the tracker link drops (an SSH reverse forward: the command holding it is gone, "
+                    "nobody can reach this server any more) instead of registering again")
     ap.add_argument("--pid-file", default=None)
     ap.add_argument("--work-dir", default=None, help="where session directories go (default: the temp dir)")
     ap.add_argument("--num-threads", type=int, default=0, help="TVM_NUM_THREADS (0: the runtime's default)")
@@ -243,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.connect()
             conn, addr, opts = accept(listen, tracker, args.key)
         except OSError as exc:  # the tracker dropped: register again
+            if args.exit_on_tracker_loss:
+                log(f"tracker connection lost ({exc}); exiting (--exit-on-tracker-loss)")
+                return 0
             log(f"tracker connection lost ({exc}); reconnecting")
             if tracker:
                 tracker.drop()

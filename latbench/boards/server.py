@@ -116,8 +116,8 @@ def server_command(device: Device, host: Host, bundle_dir: str, tracker: str | N
     if rpc.mode == "tracker":
         cmd += ["--host", bind_address(device, tracker, bind), "--port", "9090", "--tracker", tracker or rpc.address,
                 "--key", rpc.key]
-        if advertise_port:
-            cmd += ["--custom-addr", "127.0.0.1", "--custom-port", str(advertise_port)]
+        if advertise_port:  # reached through `device start`'s SSH forwards: it must not outlive them
+            cmd += ["--custom-addr", "127.0.0.1", "--custom-port", str(advertise_port), "--exit-on-tracker-loss"]
     elif rpc.mode == "direct":
         cmd += ["--host", bind_address(device, None, bind), "--port", str(rpc.port), "--port-end", str(rpc.port + 1)]
     else:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from latbench.devices import get_device
+from latbench.errors import DeviceError
 from latbench.boards.server import board_info, governor_warning, open_host, start_server, stop_server
 from latbench.runners.bundle import bundle_info, cached_bundle
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -121,9 +125,11 @@ def _serve_tunnelled(device, host, bundle: Path, bind: str | None) -> int:
             return 3
         return 0
     finally:
-        local.close()
-        reverse.close()
-        try:
+        try:  # first, while both forwards still stand (the board server leaves the tracker cleanly)
             stop_server(device, host)
-        except Exception:  # the link is gone: the board server's tracker link is gone with it
-            pass
+        except DeviceError as exc:  # the link is gone: the board server exits once its tracker link drops
+            log.warning("could not stop the board server on %s (%s); it exits once its tracker link is gone — "
+                        "check with `latbench device info %s`", host.name, exc, device.name)
+        finally:
+            local.close()
+            reverse.close()
