@@ -8,6 +8,7 @@ Numerics: the scheduled x86 code runs in-process (Relax VM) and is compared with
 """
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 tvm = pytest.importorskip("tvm")
+import tvm_ffi  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from latbench.backends.tvm import export_relax  # noqa: E402
@@ -301,6 +303,35 @@ def test_tuning_database_is_reused_across_runs_and_devices(tmp_path):
         assert again["tuned_tasks"] == 0 and again["tune_s"] == 0.0
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / name)), tvm.cpu())
         np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tuned_is_never_slower_than_the_rules(tmp_path):
+    """A "tuned" function slower than the rules' schedule of it (here: the unscheduled dense of the classifier) is
+    timed against it and replaced by it; the choice is recorded, and the next build reads it instead of timing."""
+    from latbench.backends.tvm_tuned import TunedTVM, tuning_db_dir
+
+    op = Space(32, 0.75).fixed_ops[2]  # Logits: a dense and a mean
+    _, x, mod, ref = exported(op)
+    dev = get_device("local-cpu")
+    tgt = dev.tvm_target()
+    fused = prepare(mod, tgt)
+    dense = next(gv for gv in fused.functions if "matmul" in gv.name_hint)
+    backend = TunedTVM(trials_per_op=1, db_dir=tmp_path / "db")
+    slow = apply_rules(tvm.IRModule(dict(fused.functions)), tgt)[0]  # a copy; its dense "tuned" to the naive nest
+    slow[dense] = fused[dense].with_attr("tirx.is_scheduled", True)
+    ruled = {gv.name_hint for gv in slow.functions if gv != dense and isinstance(slow[gv], tvm.tirx.PrimFunc)}
+    out, notes = backend.keep_the_faster(fused, slow, ruled, tgt, dev)
+    (note,) = notes
+    assert note["func"] == dense.name_hint and note["timed_now"] and note["kept"] == "rules", note
+    assert 0 < note["rules_ms"] < note["tuned_ms"]
+    assert not tvm_ffi.structural_equal(out[dense], fused[dense])  # the rules' schedule went in
+    vm = relax.VirtualMachine(tvm.compile(out, target=tgt), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x.numpy())).numpy(), ref, rtol=1e-4, atol=1e-4)
+    recorded = json.loads((tuning_db_dir(tgt, tmp_path / "db") / "vs_rules.json").read_text())
+    assert [c["kept"] for c in recorded.values()] == ["rules"]
+    slow[dense] = fused[dense].with_attr("tirx.is_scheduled", True)
+    _, again = backend.keep_the_faster(fused, slow, ruled, tgt, dev)
+    assert again[0]["kept"] == "rules" and not again[0]["timed_now"]
 
 
 def test_tuning_refuses_a_target_it_cannot_time_here(tmp_path):

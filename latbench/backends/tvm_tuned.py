@@ -10,7 +10,9 @@ Candidates are built with ``LocalBuilder(timeout_sec=240)`` (TVM 0.27's popen wo
 30-40 s importing tensor intrinsics; the default 30 s timeout never finishes a build) and timed
 on *this* machine with ``TVM_NUM_THREADS`` set to the device's thread count. Tuning therefore
 needs a target this machine can run: a CPU target of this architecture. Functions that no tuning
-record covers fall back to latbench's schedule rules.
+record covers fall back to latbench's schedule rules, and a tuned function that is slower than the
+rules' schedule of it is replaced by that (:meth:`TunedTVM.keep_the_faster`; the build notes'
+``vs_rules`` say which was kept, with both times).
 """
 from __future__ import annotations
 
@@ -98,6 +100,49 @@ def _env(var: str, value: str) -> Iterator[None]:
             os.environ.pop(var, None)
         else:
             os.environ[var] = old
+
+
+def _time_pairs(pairs: list[tuple[Any, Any]], target: Any, device: Device, builder_timeout: float,
+                runner_timeout: float) -> list[tuple[float | None, float | None]]:
+    """Median ms of each (tuned, rules) pair of PrimFuncs, timed interleaved (A B B A) by MetaSchedule's local
+    builder and runner with the device's thread count; None for a side that failed to build or run."""
+    import statistics
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    funcs = [f for pair in pairs for f in pair]
+    mods = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in funcs]
+    builder = ms.builder.LocalBuilder(timeout_sec=int(builder_timeout), f_build=cpu_build)
+    built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
+    for b in built:
+        if b.error_msg is not None:
+            log.warning("tvm-tuned: building a schedule to compare failed: %s",
+                        str(b.error_msg).strip().splitlines()[-1][:200])
+    with _env("TVM_NUM_THREADS", str(device.threads)):
+        runner = ms.runner.LocalRunner(timeout_sec=int(runner_timeout), evaluator_config=ms.runner.EvaluatorConfig(
+            number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False))
+        order = [i for k in range(len(pairs)) for i in (2 * k, 2 * k + 1, 2 * k + 1, 2 * k)]
+        inputs = [ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
+                  for i in order if built[i].error_msg is None]
+        done = [f.result() for f in runner.run(inputs)]
+    secs: dict[int, list[float]] = {}
+    it = iter(done)
+    for i in order:
+        if built[i].error_msg is not None:
+            continue
+        res = next(it)
+        if res.error_msg is None:
+            secs.setdefault(i, []).extend(float(v) for v in res.run_secs)
+        else:
+            log.warning("tvm-tuned: timing %s failed: %s", "the rules' schedule" if i % 2 else "the tuned schedule",
+                        str(res.error_msg).strip().splitlines()[-1][:200])
+    for b in built:
+        if b.artifact_path:
+            with contextlib.suppress(OSError):
+                Path(b.artifact_path).unlink()
+    med = {i: round(statistics.median(v) * 1e3, 5) for i, v in secs.items()}
+    return [(med.get(2 * k), med.get(2 * k + 1)) for k in range(len(pairs))]
 
 
 def _check_runnable_here(target: Any, device: Device) -> None:
@@ -188,4 +233,53 @@ class TunedTVM(TVMBackend):
         notes["untuned_funcs"] = sorted(rule_notes["rules"])
         if rule_notes["fallbacks"]:
             notes["fallbacks"] = rule_notes["fallbacks"]
+        tuned, notes["vs_rules"] = self.keep_the_faster(fused, tuned, set(rule_notes["rules"]), target, device)
         return tuned, notes
+
+    def keep_the_faster(self, fused: Any, tuned: Any, ruled: set[str], target: Any,
+                        device: Device) -> tuple[Any, list[dict[str, Any]]]:
+        """``tvm-tuned`` is never slower than ``tvm`` on a function it tuned: each tuned PrimFunc is timed against
+        the rules' schedule of the same function (MetaSchedule's own builder and runner, ``TVM_NUM_THREADS`` =
+        the device's threads, rule/tuned/tuned/rule in one runner batch, medians) and the faster one is kept.
+        The choice is recorded per (function, tuned schedule) in the database directory (``vs_rules.json``), so a
+        rebuild from the database times nothing and picks the same; a tuning record that changes is compared
+        again. Returns the module and one note per tuned function: times (ms), ``kept`` = ``tuned``/``rules``."""
+        import tvm
+        import tvm_ffi
+
+        path = tuning_db_dir(target, self.db_dir) / "vs_rules.json"
+        try:
+            choices: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:  # a damaged record file: compare again
+            choices = {}
+        pending: list[tuple[Any, str, Any, Any]] = []
+        for gv, func in tuned.functions.items():
+            if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint in ruled or gv not in fused.functions:
+                continue
+            try:
+                rule_mod, rule_notes = apply_rules(tvm.IRModule({gv: fused[gv]}), target)
+            except Exception:  # noqa: BLE001 - no rule schedule to compare with: keep the tuned one
+                continue
+            if gv.name_hint not in rule_notes["rules"]:
+                continue
+            key = f"{device.threads}:{tvm_ffi.structural_hash(fused[gv])}:{tvm_ffi.structural_hash(func)}"
+            pending.append((gv, key, func, rule_mod[gv]))
+        todo = [p for p in pending if p[1] not in choices]
+        if todo:
+            timed = _time_pairs([(t, r) for _, _, t, r in todo], target, device, self.builder_timeout,
+                                self.runner_timeout)
+            for (_, key, _, _), (tuned_ms, rules_ms) in zip(todo, timed):
+                if tuned_ms is None and rules_ms is None:  # nothing timed: keep the tuned one, compare next time
+                    continue
+                choices[key] = {"tuned_ms": tuned_ms, "rules_ms": rules_ms,
+                                "kept": "rules" if rules_ms is not None and (tuned_ms is None or rules_ms < tuned_ms)
+                                else "tuned"}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(choices, indent=1, sort_keys=True))
+        out = []
+        for gv, key, _, rule_func in pending:
+            choice = choices.get(key, {"tuned_ms": None, "rules_ms": None, "kept": "tuned"})
+            if choice["kept"] == "rules":
+                tuned[gv] = rule_func
+            out.append({"func": gv.name_hint, **choice, "timed_now": any(key == k for _, k, _, _ in todo)})
+        return tuned, out
