@@ -200,8 +200,7 @@ def _ignores_sigint(proc_dir: Path) -> bool:
     return bool(ignored & (1 << (signal.SIGINT - 1)))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_signal_during_build_leaves_no_worker(sig, tmp_path, small_ops):
     """Killed while the spawn workers compile (a fresh cache): no worker, no resource tracker survives."""
     mark = uuid.uuid4().hex

@@ -225,15 +225,35 @@ def test_measure_through_ssh_tunnel(tmp_path, sshd, cli, x86_set):
     assert not _listening(board_port)
 
 
-def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
-    """rpc tracker with tunnel: `device start` holds a reverse forward (board → loopback tracker) and a local one
-    (clients → board); the pool times ops through them; SIGTERM stops the board server and the forwards."""
-    import signal
+def _start_tunnelled(tmp_path: Path, sshd: dict, tracker_port: int, name: str):
+    """A tracker-mode device with ``rpc.tunnel`` and its `latbench device start` (foreground) process."""
     import subprocess
 
     import yaml
 
     from conftest import latbench_cmd
+
+    path = ssh_device(tmp_path, sshd, name=name)
+    d = yaml.safe_load(path.read_text())
+    d["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker_port, "key": name, "tunnel": True,
+                "connect_timeout": 10}
+    write_yaml(path, d)
+    proc = subprocess.Popen(latbench_cmd("device", "start", path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return path, proc
+
+
+def _board_port(tmp_path: Path) -> int:
+    """The port the board server bound (its log's ``PORT`` line)."""
+    board_log = (tmp_path / "board" / "server.log").read_text()
+    return int(next(ln.split()[1] for ln in board_log.splitlines() if ln.startswith("PORT ")))
+
+
+def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
+    """rpc tracker with tunnel: `device start` holds a reverse forward (board → loopback tracker) and a local one
+    (clients → board); the pool times ops through them; SIGTERM stops the board server and the forwards."""
+    import signal
+
     from latbench.artifacts import load_manifest
     from latbench.runners.base import Visit
     from latbench.runners.pool import PoolRunner
@@ -241,19 +261,12 @@ def test_tracker_pool_through_ssh_tunnels(tmp_path, sshd, x86_set):
 
     with LocalTracker() as tracker:
         assert _listening(tracker.port) == {"127.0.0.1"}
-        path = ssh_device(tmp_path, sshd, name="tunpool")
-        d = yaml.safe_load(path.read_text())
-        d["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker.port, "key": "tunpool", "tunnel": True,
-                    "connect_timeout": 10}
-        write_yaml(path, d)
-        proc = subprocess.Popen(latbench_cmd("device", "start", path), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        path, proc = _start_tunnelled(tmp_path, sshd, tracker.port, "tunpool")
         try:
             (addr,) = tracker.wait_for_servers("tunpool", 1, timeout=60)
             fwd_port = int(addr.rsplit(":", 1)[1])
             assert addr.startswith("127.0.0.1:") and _listening(fwd_port) == {"127.0.0.1"}
-            board_log = (tmp_path / "board" / "server.log").read_text()
-            bound = int(next(ln.split()[1] for ln in board_log.splitlines() if ln.startswith("PORT ")))
+            bound = _board_port(tmp_path)
             assert bound != fwd_port and _listening(bound) == {"127.0.0.1"}
             _, entries = load_manifest(x86_set)
             rows = []
@@ -278,25 +291,15 @@ def test_board_server_dies_with_a_killed_device_start(tmp_path, sshd):
     server, which nobody can reach any more, exits on its own (``--exit-on-tracker-loss``) instead of staying on
     the board's loopback port retrying the tracker forever."""
     import signal
-    import subprocess
 
-    import yaml
-
-    from conftest import latbench_cmd
     from latbench.runners.tracker import LocalTracker
 
+    board_log = tmp_path / "board" / "server.log"
     with LocalTracker() as tracker:
-        path = ssh_device(tmp_path, sshd, name="killstart")
-        d = yaml.safe_load(path.read_text())
-        d["rpc"] = {"mode": "tracker", "host": "127.0.0.1", "port": tracker.port, "key": "killstart", "tunnel": True,
-                    "connect_timeout": 10}
-        write_yaml(path, d)
-        proc = subprocess.Popen(latbench_cmd("device", "start", path), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _, proc = _start_tunnelled(tmp_path, sshd, tracker.port, "killstart")
         try:
             tracker.wait_for_servers("killstart", 1, timeout=60)
-            board_log = tmp_path / "board" / "server.log"
-            bound = int(next(ln.split()[1] for ln in board_log.read_text().splitlines() if ln.startswith("PORT ")))
+            bound = _board_port(tmp_path)
             pid = int((tmp_path / "board" / "server.pid").read_text())
             assert _listening(bound) == {"127.0.0.1"}
         finally:

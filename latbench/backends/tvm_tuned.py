@@ -240,7 +240,7 @@ class TunedTVM(TVMBackend):
                         device: Device) -> tuple[Any, list[dict[str, Any]]]:
         """``tvm-tuned`` is never slower than ``tvm`` on a function it tuned: each tuned PrimFunc is timed against
         the rules' schedule of the same function (MetaSchedule's own builder and runner, ``TVM_NUM_THREADS`` =
-        the device's threads, rule/tuned/tuned/rule in one runner batch, medians) and the faster one is kept.
+        the device's threads, tuned/rules/rules/tuned in one runner batch, medians) and the faster one is kept.
         The choice is recorded per (function, tuned schedule) in the database directory (``vs_rules.json``), so a
         rebuild from the database times nothing and picks the same; a tuning record that changes is compared
         again. Returns the module and one note per tuned function: times (ms), ``kept`` = ``tuned``/``rules``."""
@@ -252,23 +252,26 @@ class TunedTVM(TVMBackend):
             choices: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         except ValueError:  # a damaged record file: compare again
             choices = {}
-        pending: list[tuple[Any, str, Any, Any]] = []
+        pending: list[tuple[Any, str, Any]] = []  # (function, record key, its rules' schedule or None)
         for gv, func in tuned.functions.items():
             if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint in ruled or gv not in fused.functions:
                 continue
-            try:
-                rule_mod, rule_notes = apply_rules(tvm.IRModule({gv: fused[gv]}), target)
-            except Exception:  # noqa: BLE001 - no rule schedule to compare with: keep the tuned one
-                continue
-            if gv.name_hint not in rule_notes["rules"]:
-                continue
             key = f"{device.threads}:{tvm_ffi.structural_hash(fused[gv])}:{tvm_ffi.structural_hash(func)}"
-            pending.append((gv, key, func, rule_mod[gv]))
-        todo = [p for p in pending if p[1] not in choices]
+            rule_func = None
+            if choices.get(key, {"kept": "rules"})["kept"] == "rules":  # scheduled only when it is to be timed or used
+                try:
+                    rule_mod, rule_notes = apply_rules(tvm.IRModule({gv: fused[gv]}), target)
+                except Exception:  # noqa: BLE001 - no rule schedule to compare with: keep the tuned one
+                    continue
+                if gv.name_hint not in rule_notes["rules"]:
+                    continue
+                rule_func = rule_mod[gv]
+            pending.append((gv, key, rule_func))
+        todo = [(gv, key, rule_func) for gv, key, rule_func in pending if key not in choices]
         if todo:
-            timed = _time_pairs([(t, r) for _, _, t, r in todo], target, device, self.builder_timeout,
+            timed = _time_pairs([(tuned[gv], r) for gv, _, r in todo], target, device, self.builder_timeout,
                                 self.runner_timeout)
-            for (_, key, _, _), (tuned_ms, rules_ms) in zip(todo, timed):
+            for (_, key, _), (tuned_ms, rules_ms) in zip(todo, timed):
                 if tuned_ms is None and rules_ms is None:  # nothing timed: keep the tuned one, compare next time
                     continue
                 choices[key] = {"tuned_ms": tuned_ms, "rules_ms": rules_ms,
@@ -276,10 +279,11 @@ class TunedTVM(TVMBackend):
                                 else "tuned"}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(choices, indent=1, sort_keys=True))
+        timed_now = {key for _, key, _ in todo}
         out = []
-        for gv, key, _, rule_func in pending:
+        for gv, key, rule_func in pending:
             choice = choices.get(key, {"tuned_ms": None, "rules_ms": None, "kept": "tuned"})
             if choice["kept"] == "rules":
                 tuned[gv] = rule_func
-            out.append({"func": gv.name_hint, **choice, "timed_now": any(key == k for _, k, _, _ in todo)})
+            out.append({"func": gv.name_hint, **choice, "timed_now": key in timed_now})
         return tuned, out
