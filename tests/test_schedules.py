@@ -25,6 +25,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     apply_rules,
     channels_fill_better,
     column_tile,
+    pack_array,
     prepare,
     row_tile,
     vector_lanes,
@@ -106,6 +107,47 @@ def test_column_tile_divides_the_width(width, lanes, tile):
 
 def test_row_tile_divides_the_channels():
     assert row_tile(24, 12) == 12 and row_tile(40, 12) == 10 and row_tile(1280, 8) == 8 and row_tile(3, 8) == 3
+
+
+def test_pack_array_puts_each_weight_where_the_index_map_says():
+    w = np.arange(8 * 3 * 2, dtype=np.float32).reshape(8, 3, 2)
+    packed = pack_array(w, lambda f, c, k: (f // 4, c, k, f % 4), (2, 3, 2, 4))
+    for f, c, k in np.ndindex(w.shape):
+        assert packed[f // 4, c, k, f % 4] == w[f, c, k]
+
+
+def _weight_shapes(mod) -> dict[str, list[tuple[int, ...]]]:
+    return {gv.name_hint: [tuple(int(d) for d in p.shape) for p in f.params]
+            for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize("key", [
+    "expanded_conv-input:8x8x24-output:8x8x24-expand:6-kernel:3-stride:1-idskip:1",  # pointwise-flat (64 px)
+    "expanded_conv-input:2x2x72-output:2x2x72-expand:6-kernel:5-stride:1-idskip:1",  # pointwise-channels (2x2)
+    "Logits-input:1x1x960-output:1000",  # dense
+])
+def test_constant_weights_are_packed_tile_major_and_still_match_pytorch(key):
+    """The weights a 1×1 conv or dense tile reads are packed channel-tile-major (the PrimFunc's parameter and the
+    constant every call passes alike) and the op still matches PyTorch; a PrimFunc that no Relax function in the
+    module calls (how tvm-tuned schedules one function to time it) keeps its layouts."""
+    op = OpSpec.parse(key)
+    _, _, mod, _ = exported(op)
+    tgt = tvm.target.Target(X86)
+    fused = prepare(mod, tgt)
+    before = _weight_shapes(fused)
+    notes = check_x86(op)
+    after = _weight_shapes(apply_rules(prepare(mod, tgt), tgt)[0])
+    packed = notes["packed_weights"]
+    assert packed and all(n in before for n in packed), notes
+    for name in packed:  # one more axis: the output channels split into (tile, lane)
+        changed = [(a, b) for a, b in zip(before[name], after[name]) if a != b]
+        assert len(changed) == 1 and len(changed[0][1]) == len(changed[0][0]) + 1, changed
+        assert int(np.prod(changed[0][0])) == int(np.prod(changed[0][1]))
+    assert set(packed) >= {n for n in before if "matmul" in n or ("conv2d" in n and "pointwise" in
+                                                                  notes["rules"].get(n, ""))}
+    gv = next(g for g in fused.functions if g.name_hint == packed[0])
+    alone, alone_notes = apply_rules(tvm.IRModule({gv: fused[gv]}), tgt)
+    assert alone_notes["packed_weights"] == [] and _weight_shapes(alone)[gv.name_hint] == before[gv.name_hint]
 
 
 # -- x86 numerics, aarch64 builds --------------------------------------------------------------------
@@ -317,8 +359,9 @@ def test_tuned_is_never_slower_than_the_rules(tmp_path):
     fused = prepare(mod, tgt)
     dense = next(gv for gv in fused.functions if "matmul" in gv.name_hint)
     backend = TunedTVM(trials_per_op=1, db_dir=tmp_path / "db")
-    slow = apply_rules(tvm.IRModule(dict(fused.functions)), tgt)[0]  # a copy; its dense "tuned" to the naive nest
+    slow = tvm.IRModule(dict(fused.functions))  # a copy; its dense "tuned" to the naive nest, the rest ruled
     slow[dense] = fused[dense].with_attr("tirx.is_scheduled", True)
+    slow = apply_rules(slow, tgt)[0]
     ruled = {gv.name_hint for gv in slow.functions if gv != dense and isinstance(slow[gv], tvm.tirx.PrimFunc)}
     out, notes = backend.keep_the_faster(fused, slow, ruled, tgt, dev)
     (note,) = notes

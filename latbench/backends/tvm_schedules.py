@@ -22,9 +22,24 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
   32 px) the weights are relaid out IHWO before legalization and the tile vectorises over output
   channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
   pointwise rule that does not apply falls back to the column tile (``notes["generic_conv"]``);
-* **padding** stays a separate, parallel block (inlining it puts ``if_then_else`` in the hot loop);
+* **padding** of a depthwise conv is computed per parallel task, into a slab the size of the task's
+  rows (never a padded copy of the whole map; inlining it puts ``if_then_else`` in the hot loop); any
+  other padding is a separate, parallel block;
 * **dense** (the classifier): vectorised along the output features, parallel over feature tiles;
 * **pooling / other reductions**: parallel over the kept axes.
+
+Two rules hold for every kernel, because a network is a chain of them (timed alone, each kernel
+of a block summed to 2/3 of the block's time; in a network the difference was the data between them):
+
+* **the same rows on the same core**: parallel loops are spatial-major — the 1×1 convs over pixel
+  tiles first, depthwise, padding and element-wise blocks over row bands first (:data:`SPATIAL_BANDS`)
+  — so with 2 or 4 threads the thread that wrote the top rows of a map reads them back from its own
+  L2 in the next kernel (channel-major loops made every 1×1 projection read half its input from the
+  other core: the 56×56 MBConv6 block ran 0.57 ms as a chain, 0.39 ms as the sum of its kernels);
+* **weights in the order a tile reads them**: the constant weights of 1×1 convs, the stem and the
+  classifier are packed channel-tile-major (:class:`WeightPacker`, as MLAS packs its GEMM operands),
+  so each parallel task streams one contiguous slab instead of a stride of the channel count (the
+  7×7 stage and the classifier, whose weights sit in L3 inside a network, ran 2× their alone time).
 
 Tile widths follow the target: 16 fp32 lanes with AVX-512, 8 with AVX/AVX2, 4 with NEON/SSE.
 A shape that the vector width does not divide uses a tile that divides it (e.g. 7 or 14 columns),
@@ -46,7 +61,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 5
+RULES_VERSION = 6
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -77,6 +92,20 @@ def register_budget(target: Any) -> int:
 
 def _divisors_desc(n: int, limit: int) -> list[int]:
     return [d for d in range(min(n, limit), 0, -1) if n % d == 0]
+
+
+#: Row bands of a map that channel-major loops (depthwise, padding, element-wise) are split into,
+#: outermost, so that a parallel loop hands each thread the same rows in every kernel of a network.
+SPATIAL_BANDS = 4
+
+
+def _bands(rows: int) -> int:
+    """How many row bands ``rows`` rows (or row tiles) are split into: the largest divisor up to
+    :data:`SPATIAL_BANDS`. With 2 or 4 threads each thread's share of a static parallel loop is then
+    whole bands: the top or bottom rows of every channel, which the pixel-major 1×1 convs before and
+    after it also give that thread (so a map written on one core is read back on the same core,
+    from its own L2, not the other's)."""
+    return _divisors_desc(rows, SPATIAL_BANDS)[0]
 
 
 def column_tile(width: int, lanes: int) -> int:
@@ -131,14 +160,26 @@ def _inline_elementwise(sch: Any) -> None:
 
 
 def _parallel_spatial(sch: Any, block: Any, lanes: int, vectorize: bool = True) -> None:
-    """An element-wise block: outer loops fused and parallel, the innermost vectorised when it divides."""
+    """An element-wise block: outer loops fused and parallel, the innermost vectorised when it divides.
+    An NCHW map is split into row bands first (:func:`_bands`), like the convs around it."""
     loops = sch.get_loops(block)
-    if len(loops) >= 2:
+    if len(loops) == 4:
+        n, c, y, _ = loops
+        yb, yr = sch.split(y, [_bands(_extent(sch, y)), None])
+        sch.reorder(n, yb, c, yr)
+        sch.parallel(sch.fuse(n, yb, c))
+    elif len(loops) >= 2:
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
         sch.parallel(outer)
+    if vectorize:
+        _vectorize_last(sch, block, lanes)
+
+
+def _vectorize_last(sch: Any, block: Any, lanes: int) -> None:
+    """The innermost loop vectorised (by its widest tile that divides it, :func:`column_tile`)."""
     last = sch.get_loops(block)[-1]
     ext = _extent(sch, last)
-    if vectorize and ext > 1:
+    if ext > 1:
         tile = column_tile(ext, lanes)
         if tile != ext:
             _, last = sch.split(last, [None, tile])
@@ -148,6 +189,43 @@ def _parallel_spatial(sch: Any, block: Any, lanes: int, vectorize: bool = True) 
 def _root_allocated(sch: Any, buf: Any) -> bool:
     """Whether ``buf`` is an intermediate of the function (not one of its parameters)."""
     return any(b.same_as(buf) for b in sch.get(sch.get_sblock("root")).alloc_buffers)
+
+
+class WeightPacker:
+    """Packs the constant weights a register tile reads into the order it reads them.
+
+    A rule asks for ``(f, c, ...) -> (f // tile, c, ..., f % tile)`` on a weight: the PrimFunc's
+    parameter takes the packed layout (``transform_layout`` on a parameter), every call site's
+    constant is packed with numpy by :func:`pack_array`, so each parallel task streams one contiguous
+    slab of weights (as ONNX Runtime's MLAS packs its GEMM operands) instead of a stride of the
+    output-channel count (what made the 7×7 stage and the classifier twice as slow inside a network,
+    with their weights in L3, as alone). Only parameters that are a constant at every call site are
+    packed (``packable``: their positions)."""
+
+    def __init__(self, sch: Any, params: list[Any], packable: frozenset[int]) -> None:
+        self.sch, self.params, self.packable = sch, params, packable
+        self.maps: dict[int, Any] = {}
+
+    def __call__(self, block: Any, read: int, index_map: Any) -> bool:
+        buf = _buffer(self.sch.get(block).reads[read])
+        pos = next((i for i, p in enumerate(self.params) if p.same_as(buf)), None)
+        if pos is None or pos not in self.packable or pos in self.maps:
+            return False
+        self.sch.transform_layout(block, ("read", read), index_map)
+        self.maps[pos] = index_map
+        return True
+
+
+def pack_array(array: np.ndarray, index_map: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` in the layout ``index_map`` gives (a lambda of //, % and + on indices, as the rules write it)."""
+    out = np.zeros(shape, dtype=array.dtype)
+    out[tuple(index_map(*np.indices(array.shape)))] = array
+    return out
+
+
+def _tile_major(tile: int) -> Any:
+    """The weight layout of a register tile of ``tile`` output channels: channel tile first, its lanes last."""
+    return lambda f, *rest: (f // tile, *rest, f % tile)
 
 
 def _pointwise_kind(sch: Any, conv: Any) -> str | None:
@@ -166,7 +244,11 @@ def _pointwise_kind(sch: Any, conv: Any) -> str | None:
     return "ihwo" if last.same_as(f.var) else "nchw" if [int(v) for v in weight.shape[2:]] == [1, 1] else None
 
 
-def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int) -> str:
+def _no_pack(block: Any, read: int, index_map: Any) -> bool:
+    return False
+
+
+def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack: Any = _no_pack) -> str:
     """1×1 stride-1 conv whose H·W is a multiple of the lanes: the contiguous H×W map is one axis,
     a ``F_tile × lanes`` register tile (weights broadcast, pixels in the vector), so 28, 14 or 7
     columns never leave lanes idle."""
@@ -183,10 +265,11 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int) -> st
         sch.transform_block_layout(cons, lambda n, f, y, x: (n, f, y * width + x))
     n, f, p, *red = sch.get_loops(conv)
     ft = row_tile(_extent(sch, f), budget)
+    pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
     po, pi = sch.split(p, [None, lanes])
     fo, fi = sch.split(f, [None, ft])
-    sch.reorder(n, fo, po, *red, fi, pi)
-    outer = sch.fuse(n, fo, po)
+    sch.reorder(n, po, fo, *red, fi, pi)
+    outer = sch.fuse(n, po, fo)
     sch.parallel(outer)
     sch.vectorize(pi)
     sch.unroll(fi)
@@ -197,7 +280,7 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int) -> st
     return f"pointwise-flat {ft}x{lanes}"
 
 
-def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int) -> str:
+def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int, pack: Any = _no_pack) -> str:
     """1×1 stride-1 conv with IHWO weights (H·W not a multiple of the lanes): output channels in
     the vector, a row of pixels (broadcast inputs) unrolled; the tile is kept pixel-major, so the
     accumulators stay in registers, and the epilogue writes it back to NCHW."""
@@ -206,6 +289,7 @@ def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int) -
     ft = lanes if nf % lanes == 0 else lanes // 2 if nf % (lanes // 2) == 0 else 0
     if ft < 4:
         raise ValueError(f"{nf} output channels are no multiple of a vector")
+    pack(conv, len(sch.get(conv).reads) - 1, lambda c, h, w, f: (f // ft, c, h, w, f % ft))
     consumers = sch.get_consumers(conv)
     if consumers and _root_allocated(sch, _buffer(sch.get(conv).writes[0])):
         sch.transform_layout(conv, ("write", 0), lambda n, f, y, x: (n, y, x, f))
@@ -213,8 +297,8 @@ def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int) -
     xt = _divisors_desc(width, budget)[0]
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
-    sch.reorder(n, fo, y, xo, *red, xi, fi)
-    sch.parallel(sch.fuse(n, fo, y))
+    sch.reorder(n, y, fo, xo, *red, xi, fi)
+    sch.parallel(sch.fuse(n, y, fo))
     sch.vectorize(fi)
     sch.unroll(xi)
     for cons in consumers:
@@ -252,7 +336,8 @@ def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
     return True
 
 
-def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None = None) -> str:
+def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None = None,
+                   pack: Any = _no_pack) -> str:
     n, f, y, x, *red = sch.get_loops(conv)
     if len(red) != 3:
         raise ValueError(f"conv block with {len(red)} reduction loops")
@@ -269,14 +354,22 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     else:
         xt, yt = column_tile(width, lanes), 1
         ft = row_tile(_extent(sch, f), budget // -(-xt // lanes))
+    if not depthwise:
+        pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     yo, yi = sch.split(y, [None, yt])
     if depthwise:
-        sch.reorder(n, fo, yo, xo, *red, fi, yi, xi)
+        yb, yo = sch.split(yo, [_bands(_extent(sch, yo)), None])
+        sch.reorder(n, yb, fo, yo, xo, *red, fi, yi, xi)
+        outer = sch.fuse(n, yb, fo)
+        sch.parallel(outer)
+        if pad is not None:  # the task's rows of its channel, padded into a slab of its own
+            sch.compute_at(pad, outer)
+            _vectorize_last(sch, pad, lanes)
     else:
-        sch.reorder(n, fo, yo, xo, *red, yi, fi, xi)
-    sch.parallel(sch.fuse(n, fo, yo))
+        sch.reorder(n, yo, fo, xo, *red, yi, fi, xi)
+        sch.parallel(sch.fuse(n, yo, fo))
     sch.vectorize(xi)
     sch.unroll(fi)
     sch.unroll(yi)
@@ -293,7 +386,7 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     return f"conv {ft}x{xt}"
 
 
-def _schedule_dense(sch: Any, mm: Any, lanes: int) -> str:
+def _schedule_dense(sch: Any, mm: Any, lanes: int, pack: Any = _no_pack) -> str:
     i, j, k = sch.get_loops(mm)
     n = _extent(sch, j)
     consumers = sch.get_consumers(mm)
@@ -301,6 +394,7 @@ def _schedule_dense(sch: Any, mm: Any, lanes: int) -> str:
     step = lanes if n % lanes == 0 else max(1, lanes // 2)
     multiple = [t for t in range(4 * lanes, 0, -step) if t % step == 0 and n % t == 0]
     jt = multiple[0] if multiple and step > 1 else column_tile(n, lanes)
+    pack(mm, 1, lambda k, n: (n // jt, k, n % jt))
     jo, ji = sch.split(j, [None, jt])
     sch.reorder(i, jo, k, ji)
     sch.parallel(sch.fuse(i, jo))
@@ -328,8 +422,11 @@ def _padding_of(sch: Any, conv: Any) -> Any | None:
     return None
 
 
-def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tuple[Any, str]:
-    """Apply latbench's rules to one PrimFunc; returns the scheduled function and the rule used.
+def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True,
+                      packable: frozenset[int] = frozenset()) -> tuple[Any, str, dict[int, Any]]:
+    """Apply latbench's rules to one PrimFunc; returns the scheduled function, the rule used and
+    the weights it packed (parameter position → index map; see :class:`WeightPacker`): only
+    parameters in ``packable`` are, and the caller must pack their constants with :func:`pack_array`.
 
     ``use_pointwise=False`` schedules 1×1 convs with the generic conv rule (what
     :func:`apply_rules` retries when a pointwise rule does not apply). Raises whatever TVM raises
@@ -339,6 +436,7 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tup
 
     lanes, budget = vector_lanes(target), register_budget(target)
     sch = s_tir.Schedule(func)
+    pack = WeightPacker(sch, list(func.params), packable)
     _inline_elementwise(sch)
     root = sch.get_sblock("root")
     rules: list[str] = []
@@ -351,13 +449,13 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tup
                 kind = _pointwise_kind(sch, block) if use_pointwise else None
                 height_width = _extent(sch, sch.get_loops(block)[2]) * _extent(sch, sch.get_loops(block)[3])
                 if kind == "ihwo":
-                    rules.append(_schedule_pointwise_channels(sch, block, lanes, budget))
+                    rules.append(_schedule_pointwise_channels(sch, block, lanes, budget, pack))
                 elif kind == "nchw" and height_width % lanes == 0:
-                    rules.append(_schedule_pointwise_flat(sch, block, lanes, budget))
+                    rules.append(_schedule_pointwise_flat(sch, block, lanes, budget, pack))
                 else:
-                    rules.append(_schedule_conv(sch, block, lanes, budget, _padding_of(sch, block)))
+                    rules.append(_schedule_conv(sch, block, lanes, budget, _padding_of(sch, block), pack))
             elif n_spatial == 2 and n_red == 1 and len(b.reads) == 2:
-                rules.append(_schedule_dense(sch, block, lanes))
+                rules.append(_schedule_dense(sch, block, lanes, pack))
             else:
                 rules.append(_schedule_pool(sch, block))
     # Whatever is still at the root and not scheduled yet (pads, pooling epilogues, element-wise funcs).
@@ -370,7 +468,7 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True) -> tup
             continue
         _parallel_spatial(sch, block, lanes)
         rules.append("elementwise")
-    return sch.mod["main"], "+".join(rules) or "none"
+    return sch.mod["main"], "+".join(rules) or "none", pack.maps
 
 
 def is_scheduled(func: Any) -> bool:
@@ -384,20 +482,86 @@ def _last_line(exc: Exception) -> str:
     return (msg[-1] if msg else type(exc).__name__)[:300]
 
 
+def _call_tir_sites(mod: Any) -> list[Any]:
+    import tvm
+    from tvm import relax
+
+    call_tir, sites = tvm.ir.Op.get("relax.call_tir"), []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func.body, lambda e: sites.append(e) if isinstance(e, relax.Call) and e.op == call_tir else None)
+    return sites
+
+
+def constant_params(mod: Any) -> dict[str, frozenset[int]]:
+    """Per PrimFunc, the positions of the parameters that every ``call_tir`` of it passes a constant."""
+    import tvm
+
+    found: dict[str, frozenset[int]] = {}
+    for call in _call_tir_sites(mod):
+        name = call.args[0].name_hint
+        here = frozenset(i for i, a in enumerate(call.args[1].fields) if isinstance(a, tvm.ir.expr.Constant))
+        found[name] = found[name] & here if name in found else here
+    return found
+
+
+def pack_constants(mod: Any, packs: dict[str, dict[int, Any]]) -> Any:
+    """Every ``call_tir`` of a PrimFunc whose weights a rule packed passes them packed (numpy, once).
+
+    Returns a new module: a packed function's signature changed, and a GlobalVar's type (what its
+    callers are checked against) is set once, so each packed function gets a new GlobalVar of its name."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    shapes = {gv.name_hint: [tuple(int(d) for d in p.shape) for p in mod[gv].params]
+              for gv in mod.functions if gv.name_hint in packs}
+    renamed = {}
+    for gv, func in mod.functions.items():
+        if gv.name_hint in packs:
+            renamed[gv.name_hint] = tvm.ir.GlobalVar(gv.name_hint)
+            relax.expr._update_type(renamed[gv.name_hint], func.ty)  # what BlockBuilder.add_func does
+
+    @relax.expr_functor.mutator
+    class _Pack(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            name = call.args[0].name_hint if call.op == call_tir else None
+            if name not in packs:
+                return call
+            fields = list(call.args[1].fields)
+            for pos, index_map in packs[name].items():
+                fields[pos] = relax.const(pack_array(fields[pos].value.numpy(), index_map, shapes[name][pos]))
+            return relax.Call(call.op, [renamed[name], relax.Tuple(fields), *call.args[2:]], call.attrs,
+                              call.ty_args)
+
+    mutator = _Pack(mod)
+    functions = {renamed.get(gv.name_hint, gv): mutator.visit_expr(func) if isinstance(func, relax.Function) else func
+                 for gv, func in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Schedule every PrimFunc of a legalized, fused Relax module; returns it and notes."""
+    """Schedule every PrimFunc of a legalized, fused Relax module; returns it and notes.
+
+    Constant weights are packed for the register tiles that read them (:class:`WeightPacker`), and
+    the module's constants with them; a PrimFunc without a Relax caller in ``mod`` keeps its layouts."""
     import tvm
 
     notes: dict[str, Any] = {"rules": {}, "fallbacks": [], "vector_lanes": vector_lanes(target)}
+    constant = constant_params(mod)
+    packs: dict[str, dict[int, Any]] = {}
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
             continue
         name = gv.name_hint
+        packable = constant.get(name, frozenset())
         try:
             try:
-                new, rule = schedule_primfunc(func, target)
+                new, rule, packed = schedule_primfunc(func, target, packable=packable)
             except Exception as exc:  # noqa: BLE001 - a pointwise rule did not apply: the generic conv rule
-                new, rule = schedule_primfunc(func, target, use_pointwise=False)
+                new, rule, packed = schedule_primfunc(func, target, use_pointwise=False, packable=packable)
                 notes.setdefault("generic_conv", []).append({"func": name, "error": _last_line(exc)})
                 log.info("pointwise rule failed for %s, using the generic conv rule: %s", name, exc)
         except Exception as exc:  # noqa: BLE001 - any TVM error means "rule does not apply"
@@ -407,6 +571,11 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
         new = new.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
         mod[gv] = new
         notes["rules"][name] = rule
+        if packed:
+            packs[name] = packed
+    if packs:
+        mod = pack_constants(mod, packs)
+    notes["packed_weights"] = sorted(packs)
     return mod, notes
 
 
