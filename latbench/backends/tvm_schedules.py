@@ -98,6 +98,9 @@ def _divisors_desc(n: int, limit: int) -> list[int]:
 #: outermost, so that a parallel loop hands each thread the same rows in every kernel of a network.
 SPATIAL_BANDS = 4
 
+#: TVM keeps an allocation under this size on the stack (``LowerTVMBuiltin``).
+STACK_ALLOCA_BYTES = 1024
+
 
 def _bands(rows: int) -> int:
     """How many row bands ``rows`` rows (or row tiles) are split into: the largest divisor up to
@@ -321,6 +324,20 @@ def depthwise_tile(width: int, height: int, lanes: int, budget: int) -> tuple[in
     return xt, _divisors_desc(height, max(1, budget // -(-xt // lanes)))[0]
 
 
+def _align_slab(sch: Any, pad: Any, lanes: int) -> None:
+    """Rows of a per-task padding slab start on a vector boundary, and the slab is never a stack array:
+    under :data:`STACK_ALLOCA_BYTES` LLVM scalarises it into registers once every tap is unrolled, which
+    ran a 5×5 depthwise conv on 7×7 and 14×14 maps 8-15× slower (on the workspace: as fast as the rest)."""
+    buf = _buffer(sch.get(pad).writes[0])
+    rows, *inner = (_extent(sch, lp) for lp in sch.get_loops(pad)[1:])
+    planes = int(buf.shape[-2]) if len(buf.shape) == 5 else 1  # de-interleaved: even and odd planes of a row
+    row = int(np.prod(inner)) // planes
+    factor = lanes
+    while 4 * rows * planes * -(-row // factor) * factor < STACK_ALLOCA_BYTES:
+        factor += lanes
+    sch.storage_align(pad, 0, len(buf.shape) - 2, factor, 0)
+
+
 def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
     """A stride-2 depthwise conv reads every other padded column: its vector loads would be gathers.
     The padding block writes even and odd columns into two planes instead ((c, y, x) → (c, y, x % 2,
@@ -366,6 +383,7 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
         sch.parallel(outer)
         if pad is not None:  # the task's rows of its channel, padded into a slab of its own
             sch.compute_at(pad, outer)
+            _align_slab(sch, pad, lanes)
             if deinterleaved:  # even/odd column pairs (2-lane tiles of the padded width: 3.5x faster than scalar)
                 _vectorize_last(sch, pad, lanes)
             else:  # the whole padded row as one vector (its 2-lane tiles were 1.4x slower)
