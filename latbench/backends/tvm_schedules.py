@@ -61,7 +61,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 6
+RULES_VERSION = 7
 
 
 # -- target facts ---------------------------------------------------------------------------------
