@@ -5,7 +5,9 @@ never overlap), with ``TVM_NUM_THREADS`` / ``torch.set_num_threads`` / ONNX Runt
 threads set to ``--threads``. Every worker first builds (or loads from its cache) and checks every
 item against PyTorch, then the coordinator asks for one timed *visit* per (backend, item) per round,
 all visits of a round in one shuffled order, so a burst of load from other processes hits every
-backend alike. A visit is the median of 5 repeats of >= 20 ms; an item's figure is the median over
+backend alike. A visit is the median of 5 repeats of >= 20 ms, ``--gap-ms`` after the last one (the
+thread pools of TVM, PyTorch and ONNX Runtime spin-wait for a while after a run; a visit right after
+another backend's shared the cores with those spinning threads); an item's figure is the median over
 the rounds, its spread (max-min)/median over the rounds is printed too.
 
 * ``tvm``          latbench's schedule rules (no tuning)
@@ -276,6 +278,8 @@ def main() -> int:
     ap.add_argument("--speedup", type=int, default=12, help="time the N largest ops on 1 thread too (0: off)")
     ap.add_argument("--trials", type=int, default=16, help="tvm-tuned trial budget per op")
     ap.add_argument("--tuned-every", type=int, default=6, help="tune every N-th op only (tuning is slow)")
+    ap.add_argument("--gap-ms", type=float, default=50,
+                    help="pause before each visit, so the thread pool of the last backend has stopped spinning")
     ap.add_argument("--limit", type=int, default=None, help="only the first N ops")
     ap.add_argument("--every", type=int, default=1, help="only every N-th op (a quick spread over the space)")
     ap.add_argument("--cache", type=Path, default=None,
@@ -304,7 +308,8 @@ def main() -> int:
         largest = sorted(ops, key=lambda it: -it["macs"])[: args.speedup]
         plan["tvm@1"] = ("tvm", largest, 1)
     print(f"{len(ops)} ops + {len(items) - len(ops)} nets; workers {list(plan)}; {args.threads} threads; "
-          f"{args.rounds} rounds; visit = median of {VISIT_REPEAT} x >= {VISIT_MIN_MS} ms", flush=True)
+          f"{args.rounds} rounds; visit = median of {VISIT_REPEAT} x >= {VISIT_MIN_MS} ms, {args.gap_ms:g} ms apart",
+          flush=True)
     t_start = time.perf_counter()
     visits: dict[str, dict[str, list[dict]]] = {w: {} for w in plan}
     probes: list[dict] = []
@@ -321,6 +326,7 @@ def main() -> int:
                          if "error" not in wk.notes.get(it["key"], {})]
                 random.Random(1000 + r).shuffle(order)
                 for w, key in order:
+                    time.sleep(args.gap_ms / 1e3)
                     visits[w].setdefault(key, []).append(workers[w].ask(key))
                 print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
             probes.append(host.ask("probe"))
