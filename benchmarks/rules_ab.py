@@ -1,0 +1,116 @@
+"""Benchmark: the ``tvm`` rules of this checkout vs those of an earlier git revision, side by side.
+
+Each revision's latbench (``git archive REV`` into a temporary directory; this checkout for ``HEAD``) builds the same
+networks in a process of its own — the 10 seeded random networks of ``backends.py`` and the MobileNetV2-style net —
+then one process loads every library and times them interleaved: ``--rounds`` rounds, each visiting every
+(revision, network) once in a shuffled order, ``--gap-ms`` apart; a visit is the median of 5 repeats of >= 20 ms.
+Printed per network: both medians and the ratio new/old (median over the rounds' ratios, min-max), then the
+median ratio over the networks. ``TVM_NUM_THREADS`` = ``--threads``.
+
+    .venv/bin/python benchmarks/rules_ab.py --old cdbd7d2          # the rules before December 3 vs now
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BUILD = r"""
+import random, sys
+from pathlib import Path
+src, out, nets, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, src)
+import latbench
+assert latbench.__file__.startswith(src), latbench.__file__
+from latbench.backends.base import get_backend
+from latbench.devices import get_device
+from latbench.jobs import Job
+from latbench.space import Space
+space = Space(224, 1.0)
+rng = random.Random(seed)
+archs = [(f"net{i:02d}", space.sample(rng)) for i in range(nets)]
+archs.append(("mbv2-3x3_MBConv6", space.arch([l.candidates[0] if l.index == 0 else "3x3_MBConv6"
+                                              for l in space.layers])))
+out.mkdir(parents=True, exist_ok=True)
+for name, arch in archs:
+    module, x = Job(name, "nets", arch.to_dict()).module_and_input()
+    get_backend("tvm").build(module, x, get_device("local-cpu"), out / f"{name}.so")
+"""
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The source tree of ``rev`` (this checkout itself for HEAD's working tree: ``--new .``)."""
+    if rev == ".":
+        return ROOT
+    into.mkdir(parents=True)
+    archive = into / "src.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), rev], check=True, timeout=120)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="git revision of the old rules")
+    ap.add_argument("--new", default=".", help="git revision of the new rules ('.': this working tree)")
+    ap.add_argument("--nets", type=int, default=10, help="random networks (+ the MobileNetV2-style net)")
+    ap.add_argument("--seed", type=int, default=15, help="seed of the random networks (backends.py's)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--gap-ms", type=float, default=50)
+    args = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        libs: dict[str, Path] = {}
+        for tag, rev in (("old", args.old), ("new", args.new)):
+            src = checkout(rev, Path(tmp) / f"src-{tag}")
+            libs[tag] = Path(tmp) / f"libs-{tag}"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", BUILD, str(src), str(libs[tag]), str(args.nets), str(args.seed)],
+                           check=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            print(f"built {tag} ({rev}) in {time.perf_counter() - t0:.0f} s", flush=True)
+        import numpy as np
+        import tvm
+        from tvm import relax
+
+        from latbench.facts import host_facts
+
+        dev = tvm.cpu()
+        x = tvm.runtime.tensor(np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32), dev)
+        evals = {}
+        for tag, d in libs.items():
+            for lib in sorted(d.glob("*.so")):
+                vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
+                evals[(tag, lib.stem)] = vm.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=20)
+        ms: dict[tuple[str, str], list[float]] = {k: [] for k in evals}
+        for r in range(args.rounds):
+            for key in random.Random(r).sample(list(evals), len(evals)):
+                time.sleep(args.gap_ms / 1e3)
+                ms[key].append(statistics.median(evals[key](x).results) * 1e3)
+    facts = host_facts()
+    print(f"{args.rounds} interleaved rounds, {args.threads} threads, visits {args.gap_ms:g} ms apart; "
+          f"{facts.get('cpu_model')} ({facts.get('llvm_cpu')}), load avg {os.getloadavg()[0]:.1f}")
+    medians = []
+    for net in sorted({n for _, n in evals}):
+        ratios = [b / a for a, b in zip(ms[("old", net)], ms[("new", net)])]
+        medians.append(statistics.median(ratios))
+        old, new = statistics.median(ms[("old", net)]), statistics.median(ms[("new", net)])
+        print(f"  {net:18s} old {old:7.3f} ms  new {new:7.3f} ms  new/old {medians[-1]:.3f} "
+              f"({min(ratios):.3f}-{max(ratios):.3f})")
+    print(f"new/old over {len(medians)} networks: median {statistics.median(medians):.3f}, "
+          f"min {min(medians):.3f}, max {max(medians):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
