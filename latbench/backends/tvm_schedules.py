@@ -31,11 +31,14 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
 Two rules hold for every kernel, because a network is a chain of them (timed alone, each kernel
 of a block summed to 2/3 of the block's time; in a network the difference was the data between them):
 
-* **the same rows on the same core**: parallel loops are spatial-major — the 1×1 convs over pixel
-  tiles first, depthwise, padding and element-wise blocks over row bands first (:data:`SPATIAL_BANDS`)
-  — so with 2 or 4 threads the thread that wrote the top rows of a map reads them back from its own
-  L2 in the next kernel (channel-major loops made every 1×1 projection read half its input from the
-  other core: the 56×56 MBConv6 block ran 0.57 ms as a chain, 0.39 ms as the sum of its kernels);
+* **the same rows on the same core**: where the map is the larger operand (:func:`_spatial_major`: the
+  112–28 px stages) parallel loops are spatial-major — the 1×1 convs over pixel tiles first, depthwise,
+  padding and element-wise blocks over row bands first (:data:`SPATIAL_BANDS`) — so with 2 or 4 threads
+  the thread that wrote the top rows of a map reads them back from its own L2 in the next kernel
+  (channel-major loops made every 1×1 projection read half its input from the other core: the 56×56
+  MBConv6 block ran 0.57 ms as a chain, 0.39 ms as the sum of its kernels); where the weights are the
+  larger (14×14 and 7×7 maps with hundreds of channels) each thread takes a share of the output
+  channels, so it reads a share of the weights (4 % faster networks than pixel-major everywhere);
 * **weights in the order a tile reads them**: the constant weights of 1×1 convs, the stem and the
   classifier are packed channel-tile-major (:class:`WeightPacker`, as MLAS packs its GEMM operands),
   so each parallel task streams one contiguous slab instead of a stride of the channel count (the
@@ -61,7 +64,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 7
+RULES_VERSION = 8
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -100,6 +103,14 @@ SPATIAL_BANDS = 4
 
 #: TVM keeps an allocation under this size on the stack (``LowerTVMBuiltin``).
 STACK_ALLOCA_BYTES = 1024
+
+
+def _spatial_major(pixels: int, per_pixel: int) -> bool:
+    """Whether a conv's parallel loop goes over pixels first (each thread: some rows, every channel) rather than
+    output channels first (each thread: some channels, every row): pixels when the map is the larger operand. Per
+    input channel a conv reads ``pixels`` inputs and ``per_pixel`` (its output channels × taps) weights; the larger
+    is split between the threads. A depthwise conv counts its channels (the 1×1 expansion before it split alike)."""
+    return pixels > per_pixel
 
 
 def _bands(rows: int) -> int:
@@ -267,12 +278,14 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack:
     for cons in consumers:
         sch.transform_block_layout(cons, lambda n, f, y, x: (n, f, y * width + x))
     n, f, p, *red = sch.get_loops(conv)
+    spatial = _spatial_major(_extent(sch, p), _extent(sch, f))
     ft = row_tile(_extent(sch, f), budget)
     pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
     po, pi = sch.split(p, [None, lanes])
     fo, fi = sch.split(f, [None, ft])
-    sch.reorder(n, po, fo, *red, fi, pi)
-    outer = sch.fuse(n, po, fo)
+    order = (po, fo) if spatial else (fo, po)
+    sch.reorder(n, *order, *red, fi, pi)
+    outer = sch.fuse(n, *order)
     sch.parallel(outer)
     sch.vectorize(pi)
     sch.unroll(fi)
@@ -300,8 +313,9 @@ def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int, p
     xt = _divisors_desc(width, budget)[0]
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
-    sch.reorder(n, y, fo, xo, *red, xi, fi)
-    sch.parallel(sch.fuse(n, y, fo))
+    order = (y, fo) if _spatial_major(_extent(sch, y) * width, nf) else (fo, y)
+    sch.reorder(n, *order, xo, *red, xi, fi)
+    sch.parallel(sch.fuse(n, *order))
     sch.vectorize(fi)
     sch.unroll(xi)
     for cons in consumers:
@@ -361,6 +375,8 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     consumers = sch.get_consumers(conv)
     width = _extent(sch, x)
     depthwise = _extent(sch, red[0]) == 1
+    taps = 1 if depthwise else _extent(sch, red[1]) * _extent(sch, red[2])
+    spatial = _spatial_major(_extent(sch, y) * width, _extent(sch, f) * taps)
     deinterleaved = False
     if depthwise:
         # No input reuse across channels: one channel per tile, a register tile of output rows ×
@@ -377,7 +393,7 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     fo, fi = sch.split(f, [None, ft])
     yo, yi = sch.split(y, [None, yt])
     if depthwise:
-        yb, yo = sch.split(yo, [_bands(_extent(sch, yo)), None])
+        yb, yo = sch.split(yo, [_bands(_extent(sch, yo)) if spatial else 1, None])
         sch.reorder(n, yb, fo, yo, xo, *red, fi, yi, xi)
         outer = sch.fuse(n, yb, fo)
         sch.parallel(outer)
@@ -389,8 +405,9 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
             else:  # the whole padded row as one vector (its 2-lane tiles were 1.4x slower)
                 sch.vectorize(sch.get_loops(pad)[-1])
     else:
-        sch.reorder(n, yo, fo, xo, *red, yi, fi, xi)
-        sch.parallel(sch.fuse(n, yo, fo))
+        order = (yo, fo) if spatial else (fo, yo)
+        sch.reorder(n, *order, xo, *red, yi, fi, xi)
+        sch.parallel(sch.fuse(n, *order))
     sch.vectorize(xi)
     sch.unroll(fi)
     sch.unroll(yi)
