@@ -4,6 +4,7 @@ here and one timing an offline set (``measure --artifacts``) are the same loop.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -153,6 +154,11 @@ class JobSource(Protocol):
 
     def prepare(self, jobs: Sequence[Job], reference: bool) -> Prepared: ...
 
+    def code(self) -> dict[str, Any]:
+        """Which code the artifacts are (``backend``, ``target``, ``backend_settings`` as in a table row; a
+        field left out is not known): rows of other code are timed again (:data:`latbench.tables.CODE_FIELDS`)."""
+        ...
+
 
 @dataclass
 class BuildSource:
@@ -177,6 +183,10 @@ class BuildSource:
         return Prepared(arts, errors, ref, self.backend.name, self.device.target_json(),
                         "host" if self.backend.kind == "host" else "rpc",
                         {"backend_settings": self.backend.settings()})
+
+    def code(self) -> dict[str, Any]:
+        return {"backend": self.backend.name, "target": self.device.target_json(),
+                "backend_settings": json.dumps(self.backend.settings(), sort_keys=True)}
 
 
 @dataclass
@@ -208,9 +218,17 @@ class ManifestSource:
         if reference and ref is None:
             log.warning("artifact set %s has no reference op (built before latbench 0.2?): visits are not checked "
                         "for slow moments", self.root)
+        extra = {"artifacts": str(self.root), "versions": manifest.get("versions")}
+        if "backend_settings" in manifest:  # sets built before latbench recorded them have none
+            extra["backend_settings"] = manifest["backend_settings"]
         return Prepared(arts, errors, ref, manifest.get("backend", "tvm"), target,
-                        "runtime-only" if self.runtime_only else "rpc",
-                        {"artifacts": str(self.root), "versions": manifest.get("versions")})
+                        "runtime-only" if self.runtime_only else "rpc", extra)
+
+    def code(self) -> dict[str, Any]:
+        manifest, _ = load_manifest(self.root)
+        settings = manifest.get("backend_settings")
+        return {"backend": manifest.get("backend", "tvm"), "target": manifest.get("target"),
+                "backend_settings": None if settings is None else json.dumps(settings, sort_keys=True)}
 
     @property
     def backend_name(self) -> str:
@@ -241,4 +259,5 @@ def compile_jobs(jobs: Sequence[Job], device: Device | str, out_dir: str | Path,
         entries.append({"key": REFERENCE_KEY, "what": "ops", "arch": None, "role": "reference", "status": "ok",
                         "path": str(arts[REFERENCE_KEY].root.relative_to(cache.root))})
     return cache.write_manifest(entries, {"device": dev.name, "backend": be.name, "target": dev.target_json(),
-                                          "emulated": dev.emulated, "versions": versions()})
+                                          "backend_settings": be.settings(), "emulated": dev.emulated,
+                                          "versions": versions()})

@@ -42,7 +42,7 @@ from latbench.runners.base import Visit
 from latbench.runners.lock import device_lock
 from latbench.runners.rpc import check_reachable
 from latbench.space import Arch
-from latbench.tables import TableStore, table_path
+from latbench.tables import TableStore, code_id, table_path
 
 __all__ = ["Campaign", "Job", "RTOL", "build_all", "build_job", "compile_jobs", "measure_ops", "measure_archs",
            "measure_jobs", "measure_networks", "network_jobs", "plan_of"]
@@ -96,6 +96,11 @@ class Campaign:
     def store(self, what: str, backend: str | None = None) -> TableStore:
         return TableStore(table_path(self.out_dir, self.device.name, backend or self.backend_name, what))
 
+    def code(self) -> dict[str, Any]:
+        """The code this campaign times (:data:`latbench.tables.CODE_FIELDS`): the source's, and the thread count."""
+        assert self.source is not None
+        return {**self.source.code(), "num_threads": self.device.threads}
+
     def base_row(self, prep: Prepared) -> dict[str, Any]:
         d, t, plan = self.device, self.device.timing, self.plan
         assert plan is not None
@@ -110,6 +115,7 @@ class Campaign:
             row["backend_settings"] = json.dumps(prep.extra["backend_settings"], sort_keys=True)
         if "artifacts" in prep.extra:
             row["artifacts"] = prep.extra["artifacts"]
+        row["code"] = code_id(self.code())
         return row
 
     # -- the measure loop ---------------------------------------------------------------------------
@@ -129,12 +135,21 @@ class Campaign:
         done: set[str] = set()
         for st in stores.values():
             st.consolidate()  # fold what an interrupted run left in the journal
+        code = self.code()
         with device_lock(self.device):  # decide what to measure only once the device is ours
+            stale: dict[str, str] = {}
             for st in stores.values():
-                done |= st.done_keys()
+                done |= st.done_keys(code)
+                stale.update(st.stale_keys(code))
             todo = [j for j in jobs if j.key not in done]
             log.info("%s on %s/%s: %d to measure, %d already done", "+".join(kinds), self.device.name,
                      self.backend_name, len(todo), len(jobs) - len(todo))
+            again = [j.key for j in todo if j.key in stale]
+            if again:
+                whys = sorted(set(stale[k] for k in again))
+                log.warning("%d of them were timed with other code (%s%s): timing them again; the new rows replace "
+                            "the old ones (their visits stay in the visits table)", len(again), whys[0],
+                            f"; and {len(whys) - 1} other difference(s)" if len(whys) > 1 else "")
             if todo:
                 device = self.device
                 try:
@@ -169,7 +184,7 @@ class Campaign:
                 write(key, {"status": "error", "error": err, "stage": "build"})
             visits: dict[str, list[dict[str, Any]]] = {j.key: [] for j in todo if j.key in prep.artifacts}
             for st in stores.values():
-                for k, vs in st.pending_visits().items():
+                for k, vs in st.pending_visits(base["code"]).items():
                     if k in visits:
                         visits[k] = vs
             resumed = sum(len(v) for v in visits.values())
@@ -185,6 +200,7 @@ class Campaign:
     def _rounds(self, visits: dict[str, list[dict[str, Any]]], prep: Prepared, stores: dict[str, TableStore],
                 by_key: dict[str, Job], plan: rounds.Plan, write: Any) -> None:
         active = set(visits)
+        cid = code_id(self.code())
         errors: dict[str, dict[str, Any]] = {}
         pbar = bar(total=len(active) * plan.rounds, desc=f"measure {self.device.name}", enabled=self.progress)
         pbar.update(sum(len(v) for v in visits.values()))
@@ -196,7 +212,7 @@ class Campaign:
                 active.discard(v.key)
                 write(v.key, res)
                 return
-            rec = {**res, "round": v.round}
+            rec = {**res, "round": v.round, "code": cid}
             stores[by_key[v.key].what].append_visit(v.key, rec)
             visits[v.key].append(rec)
 

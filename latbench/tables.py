@@ -20,14 +20,20 @@ Columns (users open these in pandas):
 ``max_ms``, ``cv`` (std/mean), timing settings ``number``, ``repeat``, ``min_repeat_ms``,
 ``warmup``, ``num_threads``, ``max_abs_err`` (vs PyTorch), ``server`` (which RPC server timed
 it), ``emulated``, ``build`` (JSON build notes), ``versions`` (JSON), ``host_facts`` and
-``device_facts`` (JSON), ``timestamp`` (ISO 8601 UTC).
+``device_facts`` (JSON), ``code`` (:func:`code_id` of the code it timed), ``timestamp`` (ISO 8601 UTC).
+
+A row is *done* only for the code that timed it: the fields of :data:`CODE_FIELDS` (backend, target,
+backend settings such as the TVM rules' version, thread count). A campaign whose code differs from a
+row's times that item again and the new row replaces the old one (:meth:`TableStore.stale_keys`), so
+a table never mixes code versions silently; every old visit stays in the visits table.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,9 @@ import pandas as pd
 from latbench.errors import LatbenchError
 
 log = logging.getLogger(__name__)
+
+#: The row fields that say which code a row timed (see :meth:`TableStore.stale_keys`).
+CODE_FIELDS = ("backend", "target", "backend_settings", "num_threads")
 
 STAT_COLUMNS = ("mean_ms", "median_ms", "std_ms", "min_ms", "max_ms", "cv")
 TABLE_KINDS = ("ops", "archs")
@@ -187,6 +196,47 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return merged.sort_values("_order").drop(columns=["_ok", "_order"]).reset_index(drop=True)
 
 
+def code_id(code: Mapping[str, Any]) -> str:
+    """A short stable name of the code a campaign times (its :data:`CODE_FIELDS`), kept with every visit."""
+    blob = json.dumps({f: _canonical(code.get(f)) for f in CODE_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _canonical(v: Any) -> Any:
+    """A row cell as a comparable value: JSON strings parsed, integral floats (Parquet's) as ints, NaN as None."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def code_difference(row: Mapping[str, Any], code: Mapping[str, Any]) -> str | None:
+    """How ``row``'s code differs from ``code`` (``None``: the same); a field ``code`` leaves out (or
+    ``None``: not known, e.g. an artifact set built before settings were recorded) is not compared."""
+    diffs = []
+    for f in CODE_FIELDS:
+        want = _canonical(code.get(f))
+        if want is None:
+            continue
+        have = _canonical(row.get(f))
+        if have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):
+            keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
+            diffs.append(f"{f} " + ", ".join(f"{k} {have.get(k, 'unset')} → {want.get(k, 'unset')}" for k in keys))
+        else:
+            diffs.append(f"{f} {'not recorded' if have is None else have} → {want}")
+    return "; ".join(diffs) or None
+
+
 class TableStore:
     """One table on disk: append rows as they are measured, read what is done, consolidate.
 
@@ -215,12 +265,32 @@ class TableStore:
             return pd.DataFrame()
         return read_table(self.path)
 
-    def done_keys(self) -> set[str]:
-        """Keys already measured successfully (a resumed campaign skips them)."""
+    def done_keys(self, code: Mapping[str, Any] | None = None) -> set[str]:
+        """Keys already measured successfully — with ``code`` (:data:`CODE_FIELDS`), only those timed with
+        that code (a resumed campaign skips them)."""
         df = self.frame()
         if df.empty:
             return set()
-        return set(df.loc[ok_mask(df), "key"])
+        ok = df.loc[ok_mask(df)]
+        stale = self.stale_keys(code, ok) if code else {}
+        return set(ok["key"]) - set(stale)
+
+    def stale_keys(self, code: Mapping[str, Any] | None, df: pd.DataFrame | None = None) -> dict[str, str]:
+        """Key → how its code differed, for the ``ok`` rows timed with other code than ``code`` (an older
+        latbench's rules, another thread count or target): a campaign times them again."""
+        if not code:
+            return {}
+        df = self.frame() if df is None else df
+        if df.empty:
+            return {}
+        ok = df.loc[ok_mask(df)]
+        cols = [c for c in CODE_FIELDS if c in ok]
+        out: dict[str, str] = {}
+        for key, *vals in ok[["key", *cols]].itertuples(index=False):
+            why = code_difference(dict(zip(cols, vals)), code)
+            if why:
+                out[key] = why
+        return out
 
     def append(self, row: dict[str, Any]) -> None:
         """Persist one row now (durable on return); a row that could not be read back is refused."""
@@ -234,12 +304,22 @@ class TableStore:
         """Persist one visit now (durable on return)."""
         _append_line(self.visits_journal, json.dumps({"key": key, **visit}, default=_json_default, sort_keys=True))
 
-    def pending_visits(self) -> dict[str, list[dict[str, Any]]]:
-        """Visits of items not finished yet (an interrupted campaign's), by key, in the order taken."""
+    def pending_visits(self, code: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Visits of items not finished yet (an interrupted campaign's), by key, in the order taken; with
+        ``code`` (a :func:`code_id`), only the visits taken of that code (the others stay in the journal
+        and go to the visits table with their own ``code`` when the item finishes)."""
         out: dict[str, list[dict[str, Any]]] = {}
+        other = 0
         for v in _read_journal(self.visits_journal):
-            if isinstance(v.get("median_ms"), (int, float)) and v["median_ms"] > 0:
-                out.setdefault(v["key"], []).append(v)
+            if not (isinstance(v.get("median_ms"), (int, float)) and v["median_ms"] > 0):
+                continue
+            if code is not None and v.get("code") != code:
+                other += 1
+                continue
+            out.setdefault(v["key"], []).append(v)
+        if other:
+            log.info("%s: %d visit(s) of an interrupted campaign timed other code (another latbench, backend "
+                     "setting or thread count) are not counted", self.visits_journal.name, other)
         return out
 
     def fold_visits(self, finished: set[str]) -> None:

@@ -56,6 +56,37 @@ def test_rerun_hits_cache_and_measures_nothing(fast_device, cache_dir, small_ops
     assert {p: p.stat().st_mtime_ns for p in libs} == mtimes
 
 
+def test_rows_of_other_code_are_timed_again(fast_device, cache_dir, small_ops, tmp_path, caplog):
+    """A table from other code (an older latbench's rules, another thread count) is re-timed, not reused."""
+    ops = small_ops[:2]
+    first = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir).set_index("key")
+    settings = json.loads(first["backend_settings"].iloc[0])
+    assert first["code"].nunique() == 1
+    path = table_path(tmp_path, "fast-cpu", DEFAULT)
+    df = pd.read_parquet(path)
+    old = df["key"] == ops[0].key  # as if an earlier latbench had written this row
+    df.loc[old, "backend_settings"] = json.dumps({**settings, "rules_version": -1})
+    df.loc[old, "median_ms"] = 999.0
+    df.to_parquet(path, index=False)
+    caplog.set_level("INFO", logger="latbench.campaign")
+    second = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir).set_index("key")
+    assert "1 to measure, 1 already done" in caplog.text
+    assert "1 of them were timed with other code (backend_settings rules_version -1 → " in caplog.text
+    assert second.loc[ops[0].key, "median_ms"] != 999.0 and len(second) == 2
+    assert json.loads(second.loc[ops[0].key, "backend_settings"]) == settings
+    assert second.loc[ops[1].key, "timestamp"] == first.loc[ops[1].key, "timestamp"]  # the other row untouched
+    # the same device with another thread count (part of the target too): every row is timed again
+    two = write_device(tmp_path, "fast-cpu", num_threads=2)
+    caplog.clear()
+    third = measure_ops(ops, str(two), tmp_path, cache=cache_dir)
+    assert "2 to measure" in caplog.text and "(target num-cores 1 → 2; num_threads 1 → 2)" in caplog.text
+    assert (third["num_threads"] == 2).all() and len(third) == 2 and third["code"].nunique() == 1
+    assert third["code"].iloc[0] != first["code"].iloc[0]
+    caplog.clear()
+    measure_ops(ops, str(two), tmp_path, cache=cache_dir)
+    assert "0 to measure" in caplog.text and "other code" not in caplog.text
+
+
 def _visits(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
 

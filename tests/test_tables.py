@@ -53,3 +53,34 @@ def test_missing_and_corrupt_tables(tmp_path):
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(TableError, match="cannot read table"):
         read_table(bad)
+
+
+def test_rows_of_other_code_are_stale_and_old_visits_not_counted(tmp_path):
+    from latbench.tables import code_difference, code_id
+
+    store = TableStore(table_path(tmp_path, "dev", "tvm"))
+    code = {"backend": "tvm", "target": '{"kind": "llvm", "mcpu": "znver4"}',
+            "backend_settings": '{"rules_version": 8}', "num_threads": 2}
+    store.append({"key": "same", "status": "ok", "median_ms": 1.0, **code})
+    store.append({"key": "rules", "status": "ok", "median_ms": 1.0, **code, "backend_settings": '{"rules_version": 7}'})
+    store.append({"key": "cpu", "status": "ok", "median_ms": 1.0, **code,
+                  "target": '{"kind": "llvm", "mcpu": "znver3"}'})
+    store.append({"key": "unknown", "status": "ok", "median_ms": 1.0, "backend": "tvm"})  # an older latbench's row
+    store.consolidate()  # Parquet turns num_threads into a float column (NaN where unknown): still the same code
+    assert store.done_keys(code) == {"same"} and store.done_keys() == {"same", "rules", "cpu", "unknown"}
+    assert store.stale_keys(code) == {"rules": "backend_settings rules_version 7 → 8",
+                                      "cpu": "target mcpu znver3 → znver4",
+                                      "unknown": "target not recorded → {'kind': 'llvm', 'mcpu': 'znver4'}; "
+                                                 "backend_settings not recorded → {'rules_version': 8}; "
+                                                 "num_threads not recorded → 2"}
+    # a field the campaign does not know (an artifact set built before settings were recorded) is not compared
+    assert code_difference({"backend_settings": '{"rules_version": 7}', **{k: code[k] for k in ("backend", "target")},
+                            "num_threads": 2.0}, {**code, "backend_settings": None}) is None
+    assert code_id(code) == code_id({**code, "num_threads": 2.0, "backend_settings": '{ "rules_version":8 }'})
+    assert code_id(code) != code_id({**code, "num_threads": 4})
+    # an interrupted campaign of other code: its visits are not counted, and stay in the journal
+    store.append_visit("a", {"median_ms": 1.0, "round": 1, "code": code_id(code)})
+    store.append_visit("a", {"median_ms": 9.0, "round": 1, "code": "older"})
+    store.append_visit("b", {"median_ms": 9.0, "round": 1})
+    assert [v["median_ms"] for v in store.pending_visits(code_id(code))["a"]] == [1.0]
+    assert set(store.pending_visits(code_id(code))) == {"a"} and len(store.pending_visits()["a"]) == 2
