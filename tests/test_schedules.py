@@ -9,6 +9,7 @@ Numerics: the scheduled x86 code runs in-process (Relax VM) and is compared with
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -148,6 +149,40 @@ def test_constant_weights_are_packed_tile_major_and_still_match_pytorch(key):
     gv = next(g for g in fused.functions if g.name_hint == packed[0])
     alone, alone_notes = apply_rules(tvm.IRModule({gv: fused[gv]}), tgt)
     assert alone_notes["packed_weights"] == [] and _weight_shapes(alone)[gv.name_hint] == before[gv.name_hint]
+
+
+def _unrolled_reductions(func) -> list[int]:
+    """Extents of the unrolled loops that drive a reduction axis of ``func`` (from its TVMScript)."""
+    text = func.script()
+    loops = dict(re.findall(r"for (\w+) in T\.unroll\((?:T\.int64\()?(\d+)", text))
+    bound = [line for line in text.splitlines() if "T.axis.reduce(" in line]  # v = T.axis.reduce(n, expr)
+    for kinds, names in re.findall(r'T\.axis\.remap\("(\w+)", \[([^\]]*)\]\)', text):  # "SSR", [a, b, c]
+        bound += [n for k, n in zip(kinds, names.split(", ")) if k == "R"]
+    return sorted({int(n) for name, n in loops.items() if any(re.search(rf"\b{name}\b", b) for b in bound)})
+
+
+@pytest.mark.parametrize("key,pattern,unroll", [
+    ("Logits-input:1x1x960-output:1000", "matmul", 16),  # K = 960: DENSE_UNROLL
+    ("expanded_conv-input:8x8x24-output:8x8x24-expand:6-kernel:3-stride:1-idskip:1", "conv2d_add", 8),  # 24 -> 8
+    ("expanded_conv-input:2x2x72-output:2x2x72-expand:6-kernel:5-stride:1-idskip:1", "conv2d_add", 8),  # channels
+    ("Conv-input:32x32x3-output:16x16x24", "conv2d", 3),  # the stem: its 3 input channels
+])
+def test_conv_and_dense_reductions_are_unrolled(key, pattern, unroll):
+    """The input-channel reduction of a conv or dense register tile is unrolled by its largest divisor up to
+    REDUCTION_UNROLL (DENSE_UNROLL for a dense layer): rolled, the classifier's tile was stored and reloaded every
+    step (2.6x slower)."""
+    op = OpSpec.parse(key)
+    _, _, mod, _ = exported(op)
+    tgt = tvm.target.Target(X86)
+    out, notes = apply_rules(prepare(mod, tgt), tgt)
+    funcs = {gv.name_hint: f for gv, f in out.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    name = min((n for n in funcs if pattern in n), key=len)
+    assert _unrolled_reductions(funcs[name]) and max(_unrolled_reductions(funcs[name])) == unroll, notes["rules"]
+    if pattern == "matmul":
+        assert notes["rules"][name].endswith(f"k-unroll {unroll}")
+    depthwise = [n for n, r in notes["rules"].items() if r.startswith("depthwise")]
+    assert all(_unrolled_reductions(funcs[n]) == [int(op.kernel)] for n in depthwise)  # only its taps
+    check_x86(op)  # still PyTorch's numbers
 
 
 # -- x86 numerics, aarch64 builds --------------------------------------------------------------------
