@@ -81,8 +81,7 @@ def make_items(args: argparse.Namespace) -> list[dict[str, Any]]:
                       "kind": "pointwise" if op.kind == "Conv_1" else op.kind})
     rng = random.Random(args.seed)
     archs = [(f"net{i:02d}", space.sample(rng)) for i in range(args.nets)]
-    archs.append(("mbv2-3x3_MBConv6", space.arch(
-        [layer.candidates[0] if layer.index == 0 else "3x3_MBConv6" for layer in space.layers])))
+    archs.append(("mbv2-3x3_MBConv6", space.uniform("3x3_MBConv6")))
     for name, arch in archs if args.nets >= 0 else []:
         costs = [op_cost(op) for op in arch.op_specs]
         items.append({"key": name, "what": "nets", "arch": arch.to_dict(), "arch_key": arch.key,

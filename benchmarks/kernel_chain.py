@@ -44,8 +44,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, dict]:
         job = Job(args.op, "ops")
     else:
         space = Space(args.resolution, 1.0)
-        arch = space.arch([layer.candidates[0] if layer.index == 0 else "3x3_MBConv6" for layer in space.layers])
-        job = Job("mbv2-3x3_MBConv6", "nets", arch.to_dict())
+        job = Job("mbv2-3x3_MBConv6", "nets", space.uniform("3x3_MBConv6").to_dict())
     module, x = job.module_and_input()
     target = get_device("local-cpu").tvm_target()
     mod, notes = apply_rules(prepare(export_relax(module, x), target), target)

@@ -4,6 +4,8 @@ Each revision's latbench (``git archive REV`` into a temporary directory; this c
 networks in a process of its own — the 10 seeded random networks of ``backends.py`` and the MobileNetV2-style net —
 then one process loads every library and times them interleaved: ``--rounds`` rounds, each visiting every
 (revision, network) once in a shuffled order, ``--gap-ms`` apart; a visit is the median of 5 repeats of >= 20 ms.
+Each build also says how many functions its rules left unscheduled (a rule that raised falls back to TVM's
+unscheduled code, which only the timing would otherwise show) and its largest error against PyTorch.
 Printed per network: both medians and the ratio new/old (median over the rounds' ratios, min-max), then the
 median ratio over the networks. ``TVM_NUM_THREADS`` = ``--threads``.
 
@@ -41,9 +43,20 @@ archs = [(f"net{i:02d}", space.sample(rng)) for i in range(nets)]
 archs.append(("mbv2-3x3_MBConv6", space.arch([l.candidates[0] if l.index == 0 else "3x3_MBConv6"
                                               for l in space.layers])))
 out.mkdir(parents=True, exist_ok=True)
+import numpy as np, torch, tvm
+from tvm import relax
+fallbacks, worst = 0, 0.0
 for name, arch in archs:
     module, x = Job(name, "nets", arch.to_dict()).module_and_input()
-    get_backend("tvm").build(module, x, get_device("local-cpu"), out / f"{name}.so")
+    notes = get_backend("tvm").build(module, x, get_device("local-cpu"), out / f"{name}.so")
+    fallbacks += len(notes.get("fallbacks") or [])
+    with torch.no_grad():
+        want = module(x).numpy()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / f"{name}.so")), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu())).numpy()
+    worst = max(worst, float(np.abs(got - want).max() / max(1e-6, float(np.abs(want).max()))))
+print(f"  {len(archs)} networks: {fallbacks} functions left unscheduled (a rule raised), "
+      f"max error vs PyTorch {worst:.1e} of the output's range", flush=True)
 """
 
 

@@ -171,19 +171,13 @@ def matched_random(archs: Sequence[Arch], lats: Sequence[float], targets: Sequen
     return out
 
 
-def uniform_arch(space: Space, op: str) -> Arch:
-    """Every layer ``op`` (the first layer, MBConv1 only, takes the same kernel; no layer skipped)."""
-    k = op.split("x")[0]
-    return space.arch([f"{k}x{k}_MBConv1" if layer.index == 0 else op for layer in space.layers])
-
-
 def uniform_nets(predictor: Any, space: Space, targets: Sequence[float], ops: Sequence[str],
                  window: float, match: float) -> list[Net]:
     """The uniform nets whose predicted latency lies in [(1-window)·min T, (1+window)·max T]."""
     out = []
     lo, hi = (1 - window) * min(targets), (1 + window) * max(targets)
     for op in ops:
-        a = uniform_arch(space, op)
+        a = space.uniform(op)
         ms = float(predictor.predict(a))
         t = min(targets, key=lambda t: abs(t - ms))
         if lo <= ms <= hi:

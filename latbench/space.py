@@ -173,6 +173,12 @@ class Space:
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         return self.arch([rng.choice(layer.candidates) for layer in self.layers])
 
+    def uniform(self, op: str) -> Arch:
+        """Every layer ``op``, none skipped; the first layer (MBConv1 only) takes the same kernel.
+        ``uniform("3x3_MBConv6")`` is the MobileNetV2-style network of the space."""
+        k = op.split("x")[0]
+        return self.arch([f"{k}x{k}_MBConv1" if layer.index == 0 else op for layer in self.layers])
+
     def largest(self) -> Arch:
         """Every layer 7x7_MBConv6 (the slowest network of the space)."""
         return self.arch([layer.candidates[-1] if layer.index == 0 else "7x7_MBConv6" for layer in self.layers])

@@ -26,6 +26,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     apply_rules,
     channels_fill_better,
     column_tile,
+    depthwise_tile,
     pack_array,
     prepare,
     row_tile,
@@ -104,6 +105,21 @@ def test_vector_lanes_follow_the_target():
 def test_column_tile_divides_the_width(width, lanes, tile):
     assert column_tile(width, lanes) == tile
     assert width % column_tile(width, lanes) == 0
+
+
+@pytest.mark.parametrize("width,kernel,lanes,budget,registers,tile", [
+    (56, 3, 16, 12, 32, (56, 2)),  # 4 vectors a row: 12 accumulators hold 2 rows
+    (56, 5, 16, 12, 32, (56, 4)),  # a larger kernel reuses each input row more: up to 28 accumulators
+    (56, 7, 16, 12, 32, (56, 7)),
+    (28, 3, 16, 12, 32, (28, 4)),
+    (14, 7, 16, 12, 32, (14, 7)),
+    (112, 7, 16, 12, 32, (16, 8)),  # one vector a row: the budget already allows 8 rows
+    (28, 7, 8, 8, 16, (28, 2)),  # AVX2: 16 registers leave no room for more rows
+])
+def test_depthwise_tile_rows_grow_with_the_kernel_within_the_registers(width, kernel, lanes, budget, registers, tile):
+    xt, yt = depthwise_tile(width, width, lanes, budget, kernel, registers)
+    assert (xt, yt) == tile and width % yt == 0
+    assert yt * -(-xt // lanes) <= max(budget, registers - 4)
 
 
 def test_row_tile_divides_the_channels():

@@ -40,6 +40,15 @@ def test_zero_only_where_identity_is_possible():
         assert layer.can_skip == (layer.stride == 1 and layer.in_ch == layer.out_ch and layer.index > 0)
 
 
+def test_uniform_networks_repeat_one_op_and_keep_every_layer():
+    space = Space()
+    mbv2 = space.uniform("3x3_MBConv6")  # the MobileNetV2-style net of the benchmarks
+    assert mbv2.ops[0] == "3x3_MBConv1" and set(mbv2.ops[1:]) == {"3x3_MBConv6"}
+    big = space.uniform("7x7_MBConv6")
+    assert big.ops == space.largest().ops and ZERO not in big.ops
+    assert sum(o.kind == "expanded_conv" for o in mbv2.op_specs) == len(space.layers)
+
+
 @pytest.mark.parametrize("res,width", [(32, 1.0), (28, 1.0), (160, 0.75), (224, 1.4)])
 def test_other_resolutions_and_widths(res, width):
     space = Space(resolution=res, width_mult=width)
