@@ -152,10 +152,13 @@ def load_tvm(backend: str, item: dict, cache: Path, trials: int) -> tuple[Any, d
     lib = cache / f"{backend}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.so"
     notes: dict[str, Any] = {"cached": lib.exists()}
     t0 = time.perf_counter()
-    if not lib.exists():
+    extents = lib.with_suffix(".parallel.json")  # the rules' parallel loop extents, kept beside the library
+    if not lib.exists() or not extents.exists():
         built = be.build(m, x, device, lib)
         notes["fallbacks"] = len(built.get("fallbacks", []))
         notes["generic_conv"] = len(built.get("generic_conv", []))
+        extents.write_text(json.dumps(built.get("parallel", {})))
+    notes["parallel"] = json.loads(extents.read_text())
     notes["build_s"] = round(time.perf_counter() - t0, 2)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
@@ -362,7 +365,16 @@ def summarise(items: list[dict], workers: list[str], visits: dict, notes: dict, 
     return {"median_ms": med, "spread": spread, "probes": probes, "peak_gflops": peak, "stream_gbs": bw,
             "errors": {w: {k: n["error"] for k, n in notes[w].items() if "error" in n} for w in workers},
             "max_abs_err": {w: max([n.get("max_abs_err", 0.0) for n in notes[w].values()] or [0.0])
-                            for w in workers}}
+                            for w in workers},
+            "parallel": {k: n["parallel"] for k, n in notes.get("tvm", {}).items() if "parallel" in n}}
+
+
+def parallel_bound(extents: dict[str, list[int]], threads: int) -> float | None:
+    """The speed-up the worst-balanced parallel loop of an op allows on ``threads`` threads (None: no loops)."""
+    from latbench.backends.tvm_schedules import parallel_speedup_bound
+
+    loops = [e for es in extents.values() for e in es]
+    return min(parallel_speedup_bound(e, threads) for e in loops) if loops else None
 
 
 def _q(vals: list[float], q: float) -> float:
@@ -412,6 +424,12 @@ def report(items: list[dict], workers: list[str], res: dict) -> None:
             vals = [s for s, _ in sp]
             print(f"1 -> {res['args']['threads']} threads speed-up of tvm on the {len(sp)} largest ops: median "
                   f"{statistics.median(vals):.2f}, min {min(vals):.2f} ({min(sp)[1][:60]}), max {max(vals):.2f}")
+            for threads in (2, 4):  # what the rules' parallel loops allow (a Pi 4 has 4 cores)
+                bounds = [parallel_bound(res["parallel"].get(k, {}), threads) for _, k in sp]
+                bounds = [b for b in bounds if b is not None]
+                if bounds:
+                    print(f"  parallel loops of those ops on {threads} threads allow (worst kernel of each op): median "
+                          f"{statistics.median(bounds):.2f}x, min {min(bounds):.2f}x of {threads}")
     for w in workers:
         sp = list(spread.get(w, {}).values())
         if sp:

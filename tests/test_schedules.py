@@ -28,6 +28,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     column_tile,
     depthwise_tile,
     pack_array,
+    parallel_speedup_bound,
     prepare,
     row_tile,
     vector_lanes,
@@ -196,6 +197,9 @@ def test_conv_and_dense_reductions_are_unrolled(key, pattern, unroll):
     assert _unrolled_reductions(funcs[name]) and max(_unrolled_reductions(funcs[name])) == unroll, notes["rules"]
     if pattern == "matmul":
         assert notes["rules"][name].endswith(f"k-unroll {unroll}")
+    assert set(notes["parallel"]) == set(notes["rules"]) and all(notes["parallel"][n] for n in notes["rules"])
+    if pattern == "matmul":  # 1000 outputs in tiles of 40: 25 tasks, 13 on the busier of 2 threads
+        assert notes["parallel"][name] == [25] and parallel_speedup_bound(25, 2) == pytest.approx(25 / 13)
     depthwise = [n for n, r in notes["rules"].items() if r.startswith("depthwise")]
     assert all(_unrolled_reductions(funcs[n]) == [int(op.kernel)] for n in depthwise)  # only its taps
     check_x86(op)  # still PyTorch's numbers

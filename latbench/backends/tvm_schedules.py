@@ -539,6 +539,27 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True,
     return sch.mod["main"], "+".join(rules) or "none", pack.maps
 
 
+def parallel_extents(func: Any) -> list[int]:
+    """The extents of a PrimFunc's parallel loops (each once, in block order)."""
+    import tvm
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    loops: list[Any] = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for lp in sch.get_loops(block):
+            loop = sch.get(lp)
+            if loop.kind == tvm.tirx.ForKind.PARALLEL and not any(loop.same_as(o) for o in loops):
+                loops.append(loop)
+    return [int(lp.extent) for lp in loops]
+
+
+def parallel_speedup_bound(extent: int, threads: int) -> float:
+    """The speed-up over one thread a parallel loop of ``extent`` equal tasks allows on ``threads`` threads
+    (TVM hands each thread a contiguous chunk of ``ceil(extent / threads)`` tasks)."""
+    return extent / -(-extent // threads) if extent > 0 else 1.0
+
+
 def is_scheduled(func: Any) -> bool:
     """Whether a PrimFunc is already scheduled (by a rule, dlight or a tuning record)."""
     attrs = func.attrs
@@ -617,7 +638,7 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     the module's constants with them; a PrimFunc without a Relax caller in ``mod`` keeps its layouts."""
     import tvm
 
-    notes: dict[str, Any] = {"rules": {}, "fallbacks": [], "vector_lanes": vector_lanes(target)}
+    notes: dict[str, Any] = {"rules": {}, "fallbacks": [], "vector_lanes": vector_lanes(target), "parallel": {}}
     constant = constant_params(mod)
     packs: dict[str, dict[int, Any]] = {}
     for gv, func in list(mod.functions.items()):
@@ -639,6 +660,7 @@ def apply_rules(mod: Any, target: Any) -> tuple[Any, dict[str, Any]]:
         new = new.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
         mod[gv] = new
         notes["rules"][name] = rule
+        notes["parallel"][name] = parallel_extents(new)
         if packed:
             packs[name] = packed
     if packs:
