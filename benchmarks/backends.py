@@ -370,11 +370,12 @@ def summarise(items: list[dict], workers: list[str], visits: dict, notes: dict, 
 
 
 def parallel_bound(extents: dict[str, list[int]], threads: int) -> float | None:
-    """The speed-up the worst-balanced parallel loop of an op allows on ``threads`` threads (None: no loops)."""
+    """The speed-up an op's worst-balanced kernel allows on ``threads`` threads (None: no parallel loops). A
+    kernel's work is its largest parallel loop (the conv's; epilogues run inside it, a small pad may have its own)."""
     from latbench.backends.tvm_schedules import parallel_speedup_bound
 
-    loops = [e for es in extents.values() for e in es]
-    return min(parallel_speedup_bound(e, threads) for e in loops) if loops else None
+    mains = [max(es) for es in extents.values() if es]
+    return min(parallel_speedup_bound(e, threads) for e in mains) if mains else None
 
 
 def _q(vals: list[float], q: float) -> float:
@@ -428,7 +429,8 @@ def report(items: list[dict], workers: list[str], res: dict) -> None:
                 bounds = [parallel_bound(res["parallel"].get(k, {}), threads) for _, k in sp]
                 bounds = [b for b in bounds if b is not None]
                 if bounds:
-                    print(f"  parallel loops of those ops on {threads} threads allow (worst kernel of each op): median "
+                    print(f"  parallel loops of those ops on {threads} threads allow (worst kernel of each op): "
+                          f"median "
                           f"{statistics.median(bounds):.2f}x, min {min(bounds):.2f}x of {threads}")
     for w in workers:
         sp = list(spread.get(w, {}).values())

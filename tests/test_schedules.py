@@ -123,6 +123,19 @@ def test_depthwise_tile_rows_grow_with_the_kernel_within_the_registers(width, ke
     assert yt * -(-xt // lanes) <= max(budget, registers - 4)
 
 
+@pytest.mark.parametrize("mcpu,stem,pointwise", [("skylake-avx512", "conv 16x16", "conv 12x14"),
+                                                 ("znver3", "conv 8x8", "conv 4x14")])
+def test_a_strided_conv_tile_takes_more_output_channels(mcpu, stem, pointwise):
+    """The stem's strided input loads are amortised over 16 output channels where 32 registers allow it (8 with
+    AVX2's 16); a stride-1 conv (the 14-column 1x1s) keeps the accumulator budget."""
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    for op, rule in ((Space(224).fixed_ops[0], stem), (OpSpec.parse(
+            "expanded_conv-input:14x14x96-output:14x14x96-expand:6-kernel:3-stride:1-idskip:1"), pointwise)):
+        _, _, mod, _ = exported(op)
+        rules = apply_rules(prepare(mod, tgt), tgt)[1]["rules"]
+        assert any(r.startswith(rule) for r in rules.values()), rules
+
+
 def test_row_tile_divides_the_channels():
     assert row_tile(24, 12) == 12 and row_tile(40, 12) == 10 and row_tile(1280, 8) == 8 and row_tile(3, 8) == 3
 
