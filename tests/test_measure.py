@@ -56,7 +56,7 @@ def test_rerun_hits_cache_and_measures_nothing(fast_device, cache_dir, small_ops
     assert {p: p.stat().st_mtime_ns for p in libs} == mtimes
 
 
-def test_rows_of_other_code_are_timed_again(fast_device, cache_dir, small_ops, tmp_path, caplog):
+def test_rows_of_other_code_are_timed_again(cli, fast_device, cache_dir, small_ops, tmp_path, caplog):
     """A table from other code (an older latbench's rules, another thread count) is re-timed, not reused."""
     ops = small_ops[:2]
     first = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir).set_index("key")
@@ -67,9 +67,12 @@ def test_rows_of_other_code_are_timed_again(fast_device, cache_dir, small_ops, t
     old = df["key"] == ops[0].key  # as if an earlier latbench had written this row
     df.loc[old, "backend_settings"] = json.dumps({**settings, "rules_version": -1})
     df.loc[old, "median_ms"] = 999.0
+    df.loc[old, "code"] = None  # an earlier latbench did not name the code
     df.to_parquet(path, index=False)
+    assert "2 code versions in one table" in cli("table", "show", path)[1]
     caplog.set_level("INFO", logger="latbench.campaign")
     second = measure_ops(ops, str(fast_device), tmp_path, cache=cache_dir).set_index("key")
+    assert "code versions" not in cli("table", "show", path)[1]
     assert "1 to measure, 1 already done" in caplog.text
     assert "1 of them were timed with other code (backend_settings rules_version -1 → " in caplog.text
     assert second.loc[ops[0].key, "median_ms"] != 999.0 and len(second) == 2

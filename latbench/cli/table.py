@@ -6,7 +6,7 @@ import argparse
 import pandas as pd
 
 from latbench.errors import LatbenchError
-from latbench.tables import read_table
+from latbench.tables import ok_rows, read_table
 
 DEFAULT_COLUMNS = ["key", "device", "backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "n_visits",
                    "n_rejected", "std_ms", "min_ms", "num_threads"]
@@ -25,8 +25,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_show)
 
 
+def mixed_code(df: pd.DataFrame) -> str | None:
+    """A note when one device/backend table holds ok rows of more than one code (column ``code``; rows written
+    before latbench recorded it count as unknown code): what a rerun of ``latbench measure`` re-times."""
+    if "code" not in df or df.empty:
+        return None
+    ok = ok_rows(df)
+    groups = [c for c in ("device", "backend") if c in ok]
+    counts = (ok.assign(code=ok["code"].fillna("unknown")).groupby(groups)["code"].nunique() if groups
+              else pd.Series([ok["code"].fillna("unknown").nunique()]))
+    mixed = counts[counts > 1]
+    if mixed.empty:
+        return None
+    return (f"{int(mixed.max())} code versions in one table (column code: rows timed with other backend settings, "
+            "targets or thread counts); rerunning `latbench measure` with the current code re-times the others")
+
+
 def run_show(args: argparse.Namespace) -> int:
     df = read_table(args.path)
+    mixed = mixed_code(df)
     unstable = df["unstable"].fillna(False).astype(bool) if "unstable" in df else None
     if unstable is not None and unstable.any() and not args.csv:  # never shown as if it were stable
         df = df.assign(key=["* " + k if u else k for k, u in zip(df["key"], unstable)])
@@ -48,4 +65,6 @@ def run_show(args: argparse.Namespace) -> int:
         if unstable is not None and unstable.any():
             print(f"* {int(unstable.sum())} unstable row(s): CI above the target after the visit cap, or every "
                   "visit in a slow moment (columns unstable, unstable_reason)")
+        if mixed:
+            print(mixed)
     return 0
