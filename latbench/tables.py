@@ -88,11 +88,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+#: The long table of every visit beside a latency table (``<table>.visits.parquet``): not a latency table.
+VISITS_SUFFIX = ".visits.parquet"
+
+
 def table_paths(root: str | Path) -> list[Path]:
-    """Our tables under ``root``: every ``*.parquet``, plus tables that so far exist only as a
-    journal (a campaign still running or interrupted), named by their future Parquet path."""
+    """Our tables under ``root``: every ``*.parquet`` but the visits tables (:data:`VISITS_SUFFIX`, one row
+    per visit), plus tables that so far exist only as a journal (a campaign still running or interrupted),
+    named by their future Parquet path."""
     root = Path(root)
-    paths = set(root.rglob("*.parquet"))
+    paths = {p for p in root.rglob("*.parquet") if not p.name.endswith(VISITS_SUFFIX)}
     for j in root.rglob("*.journal.jsonl"):
         paths.add(j.with_name(j.name.replace(".journal.jsonl", ".parquet")))
     return sorted(paths)
@@ -247,7 +252,7 @@ class TableStore:
         self.path = Path(path)
         self.journal = _journal_of(self.path)
         self.visits_journal = self.path.with_name(self.path.name.replace(".parquet", "") + ".visits.jsonl")
-        self.visits_path = self.path.with_name(self.path.name.replace(".parquet", "") + ".visits.parquet")
+        self.visits_path = self.path.with_name(self.path.name.replace(".parquet", "") + VISITS_SUFFIX)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             probe = self.path.parent / ".write-test"

@@ -84,3 +84,20 @@ def test_rows_of_other_code_are_stale_and_old_visits_not_counted(tmp_path):
     store.append_visit("b", {"median_ms": 9.0, "round": 1})
     assert [v["median_ms"] for v in store.pending_visits(code_id(code))["a"]] == [1.0]
     assert set(store.pending_visits(code_id(code))) == {"a"} and len(store.pending_visits()["a"]) == 2
+
+
+def test_a_directory_of_tables_leaves_the_visits_tables_out(tmp_path):
+    """``<table>.visits.parquet`` (one row per visit) sits beside its table; reading the directory (what
+    ``fit-predictor``, ``table show`` and the report do) must not take its visits for rows."""
+    from latbench.tables import table_paths
+
+    store = TableStore(table_path(tmp_path, "dev", "tvm"))
+    store.append({"key": "a", "status": "ok", "median_ms": 1.0})
+    for r in range(3):
+        store.append_visit("a", {"median_ms": 1.0 + r, "round": r + 1})
+    store.consolidate()
+    store.fold_visits({"a"})
+    assert store.visits_path.exists()
+    assert table_paths(tmp_path) == [store.path]
+    df = read_table(tmp_path)
+    assert df["key"].tolist() == ["a"] and df["median_ms"].tolist() == [1.0]
