@@ -110,8 +110,9 @@ STACK_ALLOCA_BYTES = 1024
 #: up to this): 0.86-0.96 of the rolled loop's time on 7×7-28×28 blocks and the 1×1 feature mix, the
 #: same on 56×56-224×224 ones (A/B per op, interleaved).
 REDUCTION_UNROLL = 8
-#: The same for a dense layer's reduction: rolled, its 40-wide tile's accumulators were stored and
-#: reloaded every step (the classifier 2.6× slower: 0.22 vs 0.086 ms unrolled by 16, 0.092 by 8).
+#: The same for a dense layer's reduction: rolled, LLVM kept the 40-wide tile (2.5 vectors) as scalars and
+#: re-packed them into vectors every step (``vinsertps`` chains; the classifier 2.6× slower: 0.22 vs 0.086 ms
+#: unrolled by 16, 0.092 by 8).
 DENSE_UNROLL = 16
 
 
@@ -271,7 +272,7 @@ def _pointwise_kind(sch: Any, conv: Any) -> str | None:
 def _decompose_unrolled(sch: Any, block: Any, loop: Any, limit: int | None = None) -> int:
     """Split the init off ``block``'s reduction at its outermost reduction ``loop``, that loop unrolled by
     its largest divisor up to ``limit`` (returned): fewer loop steps per accumulator update, and LLVM
-    keeps a dense tile's accumulators in registers (see :data:`REDUCTION_UNROLL`)."""
+    keeps a dense tile's accumulators as vectors (see :data:`DENSE_UNROLL`)."""
     u = _divisors_desc(_extent(sch, loop), limit or REDUCTION_UNROLL)[0]
     if u > 1:
         outer, inner = sch.split(loop, [None, u])
