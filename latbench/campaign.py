@@ -101,7 +101,7 @@ class Campaign:
         assert self.source is not None
         return {**self.source.code(), "num_threads": self.device.threads}
 
-    def base_row(self, prep: Prepared) -> dict[str, Any]:
+    def base_row(self, prep: Prepared, code: str) -> dict[str, Any]:
         d, t, plan = self.device, self.device.timing, self.plan
         assert plan is not None
         row = {"device": d.name, "backend": prep.backend, "target": prep.target, "number": t.number,
@@ -115,7 +115,7 @@ class Campaign:
             row["backend_settings"] = json.dumps(prep.extra["backend_settings"], sort_keys=True)
         if "artifacts" in prep.extra:
             row["artifacts"] = prep.extra["artifacts"]
-        row["code"] = code_id(self.code())
+        row["code"] = code
         return row
 
     # -- the measure loop ---------------------------------------------------------------------------
@@ -139,8 +139,9 @@ class Campaign:
         with device_lock(self.device):  # decide what to measure only once the device is ours
             stale: dict[str, str] = {}
             for st in stores.values():
-                done |= st.done_keys(code)
-                stale.update(st.stale_keys(code))
+                done_here, stale_here = st.done_and_stale(code)
+                done |= done_here
+                stale.update(stale_here)
             todo = [j for j in jobs if j.key not in done]
             log.info("%s on %s/%s: %d to measure, %d already done", "+".join(kinds), self.device.name,
                      self.backend_name, len(todo), len(jobs) - len(todo))
@@ -154,12 +155,12 @@ class Campaign:
                 device = self.device
                 try:
                     with boards.tunnel(device) as self.device:  # rpc.tunnel: through an SSH port forward
-                        self._measure(todo, stores, plan)
+                        self._measure(todo, stores, plan, code_id(code))
                 finally:
                     self.device = device
         return stores[kinds[0]].consolidate()
 
-    def _measure(self, todo: list[Job], stores: dict[str, TableStore], plan: rounds.Plan) -> None:
+    def _measure(self, todo: list[Job], stores: dict[str, TableStore], plan: rounds.Plan, code: str) -> None:
         assert self.source is not None
         by_key = {j.key: j for j in todo}
         tvm_build = isinstance(self.source, BuildSource) and self.source.backend.kind == "tvm"
@@ -169,7 +170,7 @@ class Campaign:
         prep = self.source.prepare(todo, plan.reference)
         if prep.runner == "rpc" and not tvm_build:
             boards.prepare(self.device)  # a prebuilt set timed over RPC: its board too, before connecting
-        base = self.base_row(prep)
+        base = self.base_row(prep, code)
         finished: set[str] = set()
 
         def write(key: str, result: dict[str, Any]) -> None:
@@ -184,23 +185,22 @@ class Campaign:
                 write(key, {"status": "error", "error": err, "stage": "build"})
             visits: dict[str, list[dict[str, Any]]] = {j.key: [] for j in todo if j.key in prep.artifacts}
             for st in stores.values():
-                for k, vs in st.pending_visits(base["code"]).items():
+                for k, vs in st.pending_visits(code).items():
                     if k in visits:
                         visits[k] = vs
             resumed = sum(len(v) for v in visits.values())
             if resumed:
                 log.info("resuming: %d visits of %d items already taken", resumed, sum(1 for v in visits.values() if v))
             if visits:
-                self._rounds(visits, prep, stores, by_key, plan, write)
+                self._rounds(visits, prep, stores, by_key, plan, write, code)
         finally:
             for st in stores.values():
                 st.consolidate()
                 st.fold_visits(finished)
 
     def _rounds(self, visits: dict[str, list[dict[str, Any]]], prep: Prepared, stores: dict[str, TableStore],
-                by_key: dict[str, Job], plan: rounds.Plan, write: Any) -> None:
+                by_key: dict[str, Job], plan: rounds.Plan, write: Any, code: str) -> None:
         active = set(visits)
-        cid = code_id(self.code())
         errors: dict[str, dict[str, Any]] = {}
         pbar = bar(total=len(active) * plan.rounds, desc=f"measure {self.device.name}", enabled=self.progress)
         pbar.update(sum(len(v) for v in visits.values()))
@@ -212,7 +212,7 @@ class Campaign:
                 active.discard(v.key)
                 write(v.key, res)
                 return
-            rec = {**res, "round": v.round, "code": cid}
+            rec = {**res, "round": v.round, "code": code}
             stores[by_key[v.key].what].append_visit(v.key, rec)
             visits[v.key].append(rec)
 

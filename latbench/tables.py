@@ -273,29 +273,27 @@ class TableStore:
     def done_keys(self, code: Mapping[str, Any] | None = None) -> set[str]:
         """Keys already measured successfully — with ``code`` (:data:`CODE_FIELDS`), only those timed with
         that code (a resumed campaign skips them)."""
-        df = self.frame()
-        if df.empty:
-            return set()
-        ok = df.loc[ok_mask(df)]
-        stale = self.stale_keys(code, ok) if code else {}
-        return set(ok["key"]) - set(stale)
+        return self.done_and_stale(code)[0]
 
-    def stale_keys(self, code: Mapping[str, Any] | None, df: pd.DataFrame | None = None) -> dict[str, str]:
+    def stale_keys(self, code: Mapping[str, Any] | None) -> dict[str, str]:
         """Key → how its code differed, for the ``ok`` rows timed with other code than ``code`` (an older
         latbench's rules, another thread count or target): a campaign times them again."""
-        if not code:
-            return {}
-        df = self.frame() if df is None else df
+        return self.done_and_stale(code)[1]
+
+    def done_and_stale(self, code: Mapping[str, Any] | None = None) -> tuple[set[str], dict[str, str]]:
+        """:meth:`done_keys` and :meth:`stale_keys` from one read of the table."""
+        df = self.frame()
         if df.empty:
-            return {}
+            return set(), {}
         ok = df.loc[ok_mask(df)]
-        cols = [c for c in CODE_FIELDS if c in ok]
-        out: dict[str, str] = {}
-        for key, *vals in ok[["key", *cols]].itertuples(index=False):
-            why = code_difference(dict(zip(cols, vals)), code)
-            if why:
-                out[key] = why
-        return out
+        stale: dict[str, str] = {}
+        if code:
+            cols = [c for c in CODE_FIELDS if c in ok]
+            for key, *vals in ok[["key", *cols]].itertuples(index=False):
+                why = code_difference(dict(zip(cols, vals)), code)
+                if why:
+                    stale[key] = why
+        return set(ok["key"]) - set(stale), stale
 
     def append(self, row: dict[str, Any]) -> None:
         """Persist one row now (durable on return); a row that could not be read back is refused."""
