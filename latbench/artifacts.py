@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 from latbench.settings import cache_root
 
 #: Bump when the way artifacts are built changes (invalidates every cache entry).
@@ -79,7 +80,7 @@ class Artifact:
         return self.meta_path.exists()
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
+        tmp = temp_sibling(self.meta_path)
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
         os.replace(tmp, self.meta_path)
 
@@ -101,7 +102,7 @@ class ArtifactCache:
     def write_manifest(self, entries: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
         """Write ``manifest.json`` listing ``entries`` (paths relative to the root)."""
         path = self.root / MANIFEST
-        tmp = path.with_suffix(".tmp")
+        tmp = temp_sibling(path)
         tmp.write_text(json.dumps({"format": BUILD_FORMAT, **extra, "entries": entries}, indent=1))
         os.replace(tmp, path)
         return path

@@ -33,6 +33,7 @@ from latbench.build import BuildSource, JobSource, ManifestSource, Prepared, bui
 from latbench.devices import Device, get_device
 from latbench.errors import LatbenchError
 from latbench.facts import host_facts, versions
+from latbench.files import temp_sibling
 from latbench.jobs import RTOL, Job
 from latbench.netconfig import Net
 from latbench.ops import OpSpec
@@ -319,7 +320,7 @@ class ReferenceLevels:
         if not new:
             return
         self.levels.update(new)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = temp_sibling(self.path)
         try:
             tmp.write_text(json.dumps(self.levels, indent=1, sort_keys=True))
             tmp.replace(self.path)

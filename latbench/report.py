@@ -35,6 +35,7 @@ from latbench.adapt import adaptation_curve, data_from_wide, summarize
 from latbench.analysis import load_published_help, long_to_matrix, rank_correlations
 from latbench.errors import LatbenchError
 from latbench.facts import versions
+from latbench.files import temp_sibling
 from latbench.ops import OpKeyError, OpSpec
 from latbench.paths import SHARED_ENV, help_nb201_csv
 from latbench.plots import adaptation_curve as curve_png
@@ -501,7 +502,7 @@ def build_report(out: str | Path = "report.html", data_dir: str | Path | None = 
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = temp_sibling(out, out.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(out)
     except OSError as e:

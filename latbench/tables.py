@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class TableStore:
         self.visits_path = self.path.with_name(self.path.name.replace(".parquet", "") + VISITS_SUFFIX)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            probe = self.path.parent / ".write-test"
+            probe = temp_sibling(self.path.parent / ".write-test")  # its own: two campaigns open one table
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
@@ -340,7 +341,7 @@ class TableStore:
                 df = _normalise(pd.concat([old, new], ignore_index=True) if len(old) else new)
                 _write_parquet(df, self.visits_path)
             if keep:
-                tmp = self.visits_journal.with_suffix(".tmp")
+                tmp = temp_sibling(self.visits_journal)
                 tmp.write_text("".join(json.dumps(v, default=_json_default, sort_keys=True) + "\n" for v in keep))
                 os.replace(tmp, self.visits_journal)
             else:
@@ -382,7 +383,7 @@ def _append_line(path: Path, line: str) -> None:
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write ``df`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(".parquet.tmp")
+    tmp = temp_sibling(path, ".parquet.tmp")
     try:
         df.to_parquet(tmp, index=False)
     except BaseException:

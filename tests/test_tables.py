@@ -101,3 +101,24 @@ def test_a_directory_of_tables_leaves_the_visits_tables_out(tmp_path):
     assert table_paths(tmp_path) == [store.path]
     df = read_table(tmp_path)
     assert df["key"].tolist() == ["a"] and df["median_ms"].tolist() == [1.0]
+
+
+def _open_many(path, n):
+    for _ in range(n):
+        TableStore(path)
+
+
+def test_processes_open_one_table_at_once(tmp_path):
+    """Two campaigns open one table at the same moment (the second is then refused by the device lock):
+    opening checks the directory is writable with a probe file of its own, so neither fails on the other's."""
+    import multiprocessing
+
+    path = table_path(tmp_path, "dev", "tvm")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_open_many, args=(path, 300)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert list(path.parent.iterdir()) == []  # no probe left behind

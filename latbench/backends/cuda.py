@@ -30,6 +30,7 @@ from typing import Any
 
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 from latbench.settings import cache_root
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def compile_cuda_library(mod: Any, device: Device, path: Path, timeout: float = 
             why = lines[-1] if lines else f"rc {r.returncode}"
             raise LatbenchError(f"CUDA build for {device.name} failed: {why}")
         facts = check_gpu_binary(out, arch)
-        tmp = path.with_suffix(".tmp.so")
+        tmp = temp_sibling(path, ".tmp.so")
         shutil.copyfile(out, tmp)
         tmp.replace(path)
     facts.update(cuda_compile_s=round(time.perf_counter() - t0, 3), cuda_arch=arch)

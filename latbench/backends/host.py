@@ -14,6 +14,7 @@ from typing import Any
 
 from latbench.backends.base import Backend, register_backend
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 
 
 class HostBackend(Backend):
@@ -81,7 +82,7 @@ class OnnxRuntime(HostBackend):
 
         path = workdir / "model.onnx"
         if not path.exists():
-            tmp = workdir / "model.tmp.onnx"
+            tmp = temp_sibling(path, ".tmp.onnx")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["y"],

@@ -15,6 +15,7 @@ from latbench.backends.base import Backend, register_backend
 from latbench.backends.cuda import compile_cuda_library
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class TVMBackend(Backend):
     def export(self, ex: Any, device: Device, path: Path) -> None:
         """Link the executable into ``path`` (cross-linked when the device has a cross compiler)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.so")
+        tmp = temp_sibling(path, ".tmp.so")
         if device.cross_compiler:
             import shutil
 

@@ -36,6 +36,7 @@ from typing import Any
 from latbench.artifacts import default_cache_dir
 from latbench.devices import Device
 from latbench.errors import ConfigError, LatbenchError
+from latbench.files import temp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +219,12 @@ def cached_bundle(device: Device) -> Path:
     fresh = (path / "bundle.json").exists() and all(
         (path / s).exists() and (path / s).read_bytes() == (BOARD_DIR / s).read_bytes() for s in SCRIPTS)
     if not fresh:
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_sibling(path)  # its own: two campaigns may build the same bundle at once
         build_bundle(device, tmp)
         if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process put its (identical) bundle there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
