@@ -385,7 +385,15 @@ def _align_slab(sch: Any, pad: Any, lanes: int) -> None:
 def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
     """A stride-2 depthwise conv reads every other padded column: its vector loads would be gathers.
     The padding block writes even and odd columns into two planes instead ((c, y, x) → (c, y, x % 2,
-    x // 2)), so tap ``kx`` of 16 outputs is one contiguous load of plane ``kx % 2``."""
+    x // 2)), so tap ``kx`` of 16 outputs is one contiguous load of plane ``kx % 2``.
+
+    Measured and not kept (each kernel alone, 9 interleaved rounds, 2 threads): the pad iterating plane
+    by plane (``transform_block_layout``: vector stores, strided loads, which TVM's LLVM codegen emits lane
+    by lane) took 0.41-1.68 of the time on the stride-2 kernels (112→56 3×3: 0.86, 56→28 3×3: 1.68). Two
+    contiguous loads and two shuffles per 32 columns (a tensor intrinsic) did not schedule in TVM 0.27: the
+    tensorizer did not match the copy once it was under the task loop (its row binding ``band · 28 + r``;
+    with ``r`` alone it matched), and a copy tensorized before ``compute_at`` was placed *after* the conv
+    reading it (wrong results; every build's check against PyTorch caught it)."""
     if pad is None:
         return False
     out_w = _extent(sch, sch.get_loops(conv)[3])
