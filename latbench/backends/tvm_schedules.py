@@ -114,6 +114,14 @@ REDUCTION_UNROLL = 8
 #: re-packed them into vectors every step (``vinsertps`` chains; the classifier 2.6× slower: 0.22 vs 0.086 ms
 #: unrolled by 16, 0.092 by 8).
 DENSE_UNROLL = 16
+#: Vector registers a large-kernel (k ≥ 5) depthwise tile leaves free when it takes up to ``kernel`` output
+#: rows (each input row serves up to ``kernel`` of them): 56-column 7×7 tiles, 7 rows, 0.70-0.84 of the time
+#: of 2 rows. A value ≥ the register count turns the rule off (rows from the accumulator budget only).
+DEPTHWISE_SPARE_REGISTERS = 4
+#: Vector registers a strided conv's (the stem's) tile leaves free: its strided input loads are the costly
+#: part of a step, so more output channels per tile amortise each (16-24 accumulators: 0.67-0.82 of the time
+#: with 8-12). A value ≥ the register count turns the rule off.
+STRIDED_SPARE_REGISTERS = 8
 
 
 def _spatial_major(pixels: int, per_pixel: int) -> bool:
@@ -354,9 +362,9 @@ def depthwise_tile(width: int, height: int, lanes: int, budget: int, kernel: int
     """(columns, rows) of a depthwise register tile: one vector when the lanes divide the row (112, 56
     at 8 lanes), else the whole row when it fits in 4 vectors (56, 28, 14, 7 at 16 lanes); then as many
     output rows as the accumulator budget allows (a divisor of the height), so each loaded input row
-    serves several outputs. A large kernel may take up to ``kernel`` rows of ``registers - 4``
-    accumulators (each input row serves up to ``kernel`` output rows; 56-column 7×7 tiles: 7 rows, not 2,
-    0.70-0.84 of the time). A row that is neither (wide, odd) keeps one row of its widest divisor."""
+    serves several outputs. A large kernel may take up to ``kernel`` rows of all registers but
+    :data:`DEPTHWISE_SPARE_REGISTERS` (each input row serves up to ``kernel`` output rows). A row that is
+    neither (wide, odd) keeps one row of its widest divisor."""
     if width % lanes == 0:
         xt = lanes
     elif width <= 4 * lanes:
@@ -364,7 +372,8 @@ def depthwise_tile(width: int, height: int, lanes: int, budget: int, kernel: int
     else:
         return _divisors_desc(width, 4 * lanes)[0], 1
     vectors = -(-xt // lanes)
-    rows = max(budget // vectors, min(kernel, (registers - 4) // vectors) if kernel >= 5 else 0)
+    spare = registers - DEPTHWISE_SPARE_REGISTERS
+    rows = max(budget // vectors, min(kernel, spare // vectors) if kernel >= 5 and spare > 0 else 0)
     return xt, _divisors_desc(height, max(1, rows))[0]
 
 
@@ -428,7 +437,7 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
         # channels per tile amortise each load (16-24 accumulators: the stem 0.67-0.82 of the time with 8-12).
         data = _buffer(sch.get(conv).reads[0])
         strided = len(data.shape) == 4 and int(data.shape[2]) >= 2 * _extent(sch, y)
-        tile_budget = max(budget, registers - 8) if strided else budget
+        tile_budget = max(budget, registers - STRIDED_SPARE_REGISTERS) if strided else budget
         ft = row_tile(_extent(sch, f), tile_budget // -(-xt // lanes))
     if not depthwise:
         pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
