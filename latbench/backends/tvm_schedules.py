@@ -64,7 +64,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 11
+RULES_VERSION = 12
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -377,41 +377,118 @@ def depthwise_tile(width: int, height: int, lanes: int, budget: int, kernel: int
     return xt, _divisors_desc(height, max(1, rows))[0]
 
 
-def _align_slab(sch: Any, pad: Any, lanes: int) -> None:
-    """Rows of a per-task padding slab start on a vector boundary, and the slab is never a stack array:
-    under :data:`STACK_ALLOCA_BYTES` LLVM scalarises it into registers once every tap is unrolled, which
-    ran a 5×5 depthwise conv on 7×7 and 14×14 maps 8-15× slower (on the workspace: as fast as the rest)."""
-    buf = _buffer(sch.get(pad).writes[0])
-    rows, *inner = (_extent(sch, lp) for lp in sch.get_loops(pad)[1:])
+def _align_slab(sch: Any, block: Any, step: int) -> int:
+    """Rows of a per-task slab (a padding slab, or its even/odd planes) start on a multiple of ``step``
+    (a vector, or a whole de-interleave chunk), and the slab is never a stack array: under
+    :data:`STACK_ALLOCA_BYTES` LLVM scalarises it into registers once every tap is unrolled, which ran a
+    5×5 depthwise conv on 7×7 and 14×14 maps 8-15× slower (on the workspace: as fast as the rest).
+    Returns the row multiple used."""
+    buf = _buffer(sch.get(block).writes[0])
+    rows, *inner = (_extent(sch, lp) for lp in sch.get_loops(block)[1:])
     planes = int(buf.shape[-2]) if len(buf.shape) == 5 else 1  # de-interleaved: even and odd planes of a row
     row = int(np.prod(inner)) // planes
-    factor = lanes
+    factor = step
     while 4 * rows * planes * -(-row // factor) * factor < STACK_ALLOCA_BYTES:
-        factor += lanes
-    sch.storage_align(pad, 0, len(buf.shape) - 2, factor, 0)
+        factor += step
+    sch.storage_align(block, 0, len(buf.shape) - 2, factor, 0)
+    return factor
 
 
-def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> bool:
+#: A stride-2 depthwise conv's planes are split by shuffles from a slab of its own where a channel's padded
+#: map holds at least this many floats (the 112→56 and 56→28 convs at 224, each alone: 0.64-1.03 of the time
+#: of scattered stores, median 0.73); below, the shuffled copy was slower (14→7: 1.45-1.72 with 16 lanes,
+#: 28→14 1.19 with 8: a second per-task buffer for a few hundred floats).
+SHUFFLE_SLAB_FLOATS = 2048
+
+
+def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> tuple[str | None, Any | None]:
     """A stride-2 depthwise conv reads every other padded column: its vector loads would be gathers.
-    The padding block writes even and odd columns into two planes instead ((c, y, x) → (c, y, x % 2,
-    x // 2)), so tap ``kx`` of 16 outputs is one contiguous load of plane ``kx % 2``.
+    Instead it reads even and odd column planes ((c, y, x) → (c, y, x % 2, x // 2)), so tap ``kx`` of 16
+    outputs is one contiguous load of plane ``kx % 2``. Returns how the planes are written and the block
+    that copies them:
 
-    Measured and not kept (each kernel alone, 9 interleaved rounds, 2 threads): the pad iterating plane
-    by plane (``transform_block_layout``: vector stores, strided loads, which TVM's LLVM codegen emits lane
-    by lane) took 0.41-1.68 of the time on the stride-2 kernels (112→56 3×3: 0.86, 56→28 3×3: 1.68). Two
-    contiguous loads and two shuffles per 32 columns (a tensor intrinsic) did not schedule in TVM 0.27: the
-    tensorizer did not match the copy once it was under the task loop (its row binding ``band · 28 + r``;
-    with ``r`` alone it matched), and a copy tensorized before ``compute_at`` was placed *after* the conv
-    reading it (wrong results; every build's check against PyTorch caught it)."""
+    * ``"shuffled"`` (a channel's padded map of at least :data:`SHUFFLE_SLAB_FLOATS`): the task pads its
+      rows into a slab as for stride 1, then a copy splits the slab into the planes, two vector loads and
+      two shuffles per ``2 × lanes`` columns (:func:`deinterleave_intrin`); the copy's block is returned;
+    * ``"scattered"``: the padding block writes the planes itself (its stores go column by column);
+    * ``None``: not a stride-2 conv on a padded map.
+
+    Measured and not kept (each kernel alone, 9 interleaved rounds, 2 threads): the padding block writing
+    plane by plane (strided loads, which TVM's LLVM codegen emits lane by lane: 0.41-1.68 of the time).
+    A shuffled copy keeps one row band per channel: TVM 0.27's ``blockize`` (under ``tensorize``) rewrites
+    the overlapping rows of row bands (band · 28 + r, r < 29) as band · 29 + r; and a copy tensorized
+    before ``compute_at`` was placed *after* the conv reading it (wrong results; every build's check
+    against PyTorch caught it)."""
     if pad is None:
-        return False
+        return None, None
     out_w = _extent(sch, sch.get_loops(conv)[3])
     kx = _extent(sch, sch.get_loops(conv)[-1])
-    pad_w = int(_buffer(sch.get(pad).writes[0]).shape[-1])
+    padded = _buffer(sch.get(pad).writes[0])
+    pad_h, pad_w = int(padded.shape[-2]), int(padded.shape[-1])
     if out_w < 2 or pad_w % 2 or (pad_w - kx) // (out_w - 1) != 2:  # an odd padded width: no two equal planes
-        return False
-    sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
-    return True
+        return None, None
+    if pad_h * pad_w < SHUFFLE_SLAB_FLOATS:
+        sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
+        return "scattered", None
+    index = next(i for i, r in enumerate(sch.get(conv).reads) if _buffer(r).same_as(padded))
+    planes = sch.cache_read(conv, index, "global")
+    sch.transform_block_layout(planes, lambda n, c, y, x: (n, c, y, x // 2, x % 2))
+    sch.transform_layout(planes, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
+    return "shuffled", planes
+
+
+def deinterleave_intrin(lanes: int) -> str:
+    """The name of a tensor intrinsic (registered on first use) that splits ``2 × lanes`` contiguous floats
+    into ``lanes`` even and ``lanes`` odd ones: two vector loads and two shuffles (AVX-512 ``vpermt2ps``,
+    NEON ``uzp1/uzp2``), where TVM's own code for the same copy loads or stores each strided lane alone."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = f"latbench_deinterleave_f32x{lanes}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    pairs = T.int64(2 * lanes)
+    width = T.int64(lanes)
+
+    @T.prim_func(s_tir=True)
+    def desc(src: T.Buffer((pairs,), "float32", offset_factor=1),
+             dst: T.Buffer((T.int64(2), width), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])) -> None:
+        with T.sblock("root"):
+            T.reads(src[0:pairs])
+            T.writes(dst[0:2, 0:width])
+            for j, p in T.grid(width, T.int64(2)):
+                with T.sblock("update"):
+                    vj, vp = T.axis.remap("SS", [j, p])
+                    dst[vp, vj] = src[vj * T.int64(2) + vp]
+
+    @T.prim_func(s_tir=True)
+    def impl(src: T.Buffer((pairs,), "float32", offset_factor=1),
+             dst: T.Buffer((T.int64(2), width), "float32", offset_factor=1, strides=[T.int64(), T.int64(1)])) -> None:
+        with T.sblock("root"):
+            T.reads(src[0:pairs])
+            T.writes(dst[0:2, 0:width])
+            lo = src.vload([0], f"float32x{lanes}")
+            hi = src.vload([lanes], f"float32x{lanes}")
+            dst[0, T.ramp(0, 1, lanes)] = T.Shuffle([lo, hi], [2 * i for i in range(lanes)])
+            dst[1, T.ramp(0, 1, lanes)] = T.Shuffle([lo, hi], [2 * i + 1 for i in range(lanes)])
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _chunked(plane: int, lanes: int) -> int:
+    """A plane row rounded up to whole ``lanes`` (the copy's last chunk of a row runs past its end, into
+    padding of the planes' and the slab's rows that no tap reads)."""
+    return -(-plane // lanes) * lanes
+
+
+def _tensorize_deinterleave(sch: Any, planes: Any, lanes: int) -> Any:
+    """The plane copy of a task's slab, ``lanes`` column pairs at a time (:func:`deinterleave_intrin`);
+    returns the copy's new block (the tensorized one, which has none of the old one's annotations)."""
+    name = sch.get(planes).name_hint
+    _, ji = sch.split(sch.get_loops(planes)[-2], [None, lanes], disable_predication=True)
+    sch.tensorize(ji, deinterleave_intrin(lanes))
+    return sch.get_sblock(f"{name}_o")
 
 
 def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None = None,
@@ -424,13 +501,13 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     depthwise = _extent(sch, red[0]) == 1
     taps = 1 if depthwise else _extent(sch, red[1]) * _extent(sch, red[2])
     spatial = _spatial_major(_extent(sch, y) * width, _extent(sch, f) * taps)
-    deinterleaved = False
+    split, planes = None, None
     if depthwise:
         # No input reuse across channels: one channel per tile, a register tile of output rows ×
         # columns (the k×k taps unrolled), stride-2 inputs de-interleaved so loads stay contiguous.
         xt, yt = depthwise_tile(width, _extent(sch, y), lanes, budget, _extent(sch, red[1]), registers)
         ft = 1
-        deinterleaved = _deinterleave_stride2(sch, conv, pad)
+        split, planes = _deinterleave_stride2(sch, conv, pad)
     else:
         xt, yt = column_tile(width, lanes), 1
         # A strided conv (the stem) loads its input vectors strided, the costly part of a step: more output
@@ -445,17 +522,26 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     fo, fi = sch.split(f, [None, ft])
     yo, yi = sch.split(y, [None, yt])
     if depthwise:
-        yb, yo = sch.split(yo, [_bands(_extent(sch, yo)) if spatial else 1, None])
+        bands = _bands(_extent(sch, yo)) if spatial and split != "shuffled" else 1  # see _deinterleave_stride2
+        yb, yo = sch.split(yo, [bands, None])
         sch.reorder(n, yb, fo, yo, xo, *red, fi, yi, xi)
         outer = sch.fuse(n, yb, fo)
         sch.parallel(outer)
+        chunk = 0
+        if planes is not None:  # stride 2: the slab's even and odd columns, copied into two planes
+            sch.compute_at(planes, outer)
+            chunk = _chunked(_extent(sch, sch.get_loops(planes)[-2]), lanes)
         if pad is not None:  # the task's rows of its channel, padded into a slab of its own
             sch.compute_at(pad, outer)
-            _align_slab(sch, pad, lanes)
-            if deinterleaved:  # even/odd column pairs (2-lane tiles of the padded width: 3.5x faster than scalar)
+            _align_slab(sch, pad, 2 * chunk or lanes)
+            if split == "scattered":  # even/odd column pairs (2-lane tiles of the padded width: 3.5x faster)
                 _vectorize_last(sch, pad, lanes)
             else:  # the whole padded row as one vector (its 2-lane tiles were 1.4x slower)
                 sch.vectorize(sch.get_loops(pad)[-1])
+        if planes is not None:
+            factor = _align_slab(sch, planes, chunk)  # sized here: the tensorized block loses the annotation
+            planes = _tensorize_deinterleave(sch, planes, lanes)
+            sch.storage_align(planes, 0, 3, factor, 0)
     else:
         order = (yo, fo) if spatial else (fo, yo)
         sch.reorder(n, *order, xo, *red, yi, fi, xi)
@@ -472,7 +558,7 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     # After vectorize: decomposing first makes vectorize reject the init block ("compact dataflow").
     _decompose_unrolled(sch, conv, red[0])  # a depthwise conv's channel reduction has extent 1: not unrolled
     if depthwise:
-        return f"depthwise {yt}x{xt}{' s2-deinterleaved' if deinterleaved else ''}"
+        return f"depthwise {yt}x{xt}" + (f" s2-{split}" if split else "")
     return f"conv {ft}x{xt}"
 
 
