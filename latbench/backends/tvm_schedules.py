@@ -399,6 +399,10 @@ def _align_slab(sch: Any, block: Any, step: int) -> int:
 #: of scattered stores, median 0.73); below, the shuffled copy was slower (14→7: 1.45-1.72 with 16 lanes,
 #: 28→14 1.19 with 8: a second per-task buffer for a few hundred floats).
 SHUFFLE_SLAB_FLOATS = 2048
+#: ... and whose kernel is at most this wide: a 7×7 conv's 49 taps outweigh the copy (0.95-1.02 alone), and
+#: the shuffled copy's one band per channel cost its whole op 1.10 of the banded scattered one's time in
+#: the VM (112→56 and 56→28, expand 6), where 3×3 and 5×5 ops took 0.82-1.0.
+SHUFFLE_MAX_KERNEL = 5
 
 
 def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> tuple[str | None, Any | None]:
@@ -407,9 +411,10 @@ def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> tuple[str | N
     outputs is one contiguous load of plane ``kx % 2``. Returns how the planes are written and the block
     that copies them:
 
-    * ``"shuffled"`` (a channel's padded map of at least :data:`SHUFFLE_SLAB_FLOATS`): the task pads its
-      rows into a slab as for stride 1, then a copy splits the slab into the planes, two vector loads and
-      two shuffles per ``2 × lanes`` columns (:func:`deinterleave_intrin`); the copy's block is returned;
+    * ``"shuffled"`` (a channel's padded map of at least :data:`SHUFFLE_SLAB_FLOATS`, a kernel up to
+      :data:`SHUFFLE_MAX_KERNEL`): the task pads its rows into a slab as for stride 1, then a copy splits
+      the slab into the planes, two vector loads and two shuffles per ``2 × lanes`` columns
+      (:func:`deinterleave_intrin`); the copy's block is returned;
     * ``"scattered"``: the padding block writes the planes itself (its stores go column by column);
     * ``None``: not a stride-2 conv on a padded map.
 
@@ -427,7 +432,7 @@ def _deinterleave_stride2(sch: Any, conv: Any, pad: Any | None) -> tuple[str | N
     pad_h, pad_w = int(padded.shape[-2]), int(padded.shape[-1])
     if out_w < 2 or pad_w % 2 or (pad_w - kx) // (out_w - 1) != 2:  # an odd padded width: no two equal planes
         return None, None
-    if pad_h * pad_w < SHUFFLE_SLAB_FLOATS:
+    if pad_h * pad_w < SHUFFLE_SLAB_FLOATS or kx > SHUFFLE_MAX_KERNEL:
         sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, y, x % 2, x // 2))
         return "scattered", None
     index = next(i for i, r in enumerate(sch.get(conv).reads) if _buffer(r).same_as(padded))
