@@ -7,9 +7,12 @@ then one process loads every library and times them interleaved: ``--rounds`` ro
 Each build also says how many functions its rules left unscheduled (a rule that raised falls back to TVM's
 unscheduled code, which only the timing would otherwise show) and its largest error against PyTorch.
 Printed per network: both medians and the ratio new/old (median over the rounds' ratios, min-max), then the
-median ratio over the networks. ``TVM_NUM_THREADS`` = ``--threads``.
+median ratio over the networks. ``--ops`` A/Bs whole ops of the space (at 224) instead, each on its own input.
+``TVM_NUM_THREADS`` = ``--threads``.
 
     .venv/bin/python benchmarks/rules_ab.py --old cdbd7d2          # the rules before December 3 vs now
+    .venv/bin/python benchmarks/rules_ab.py --old 6a0a7d2 --rounds 7 --ops 112x112x16-output:56 56x56x24-output:28
+                                                                    # whole ops instead (key substrings)
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = r"""
 import random, sys
 from pathlib import Path
-src, out, nets, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src, out, nets, seed, ops = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 sys.path.insert(0, src)
 import latbench
 assert latbench.__file__.startswith(src), latbench.__file__
@@ -42,20 +45,23 @@ rng = random.Random(seed)
 archs = [(f"net{i:02d}", space.sample(rng)) for i in range(nets)]
 archs.append(("mbv2-3x3_MBConv6", space.arch([l.candidates[0] if l.index == 0 else "3x3_MBConv6"
                                               for l in space.layers])))
+jobs = [(f"op{i:02d}", Job(key, "ops")) for i, key in enumerate(ops)] if ops else \
+    [(name, Job(name, "nets", arch.to_dict())) for name, arch in archs]
 out.mkdir(parents=True, exist_ok=True)
 import numpy as np, torch, tvm
 from tvm import relax
 fallbacks, worst = 0, 0.0
-for name, arch in archs:
-    module, x = Job(name, "nets", arch.to_dict()).module_and_input()
+for name, job in jobs:
+    module, x = job.module_and_input()
     notes = get_backend("tvm").build(module, x, get_device("local-cpu"), out / f"{name}.so")
+    np.save(out / f"{name}.npy", x.numpy())
     fallbacks += len(notes.get("fallbacks") or [])
     with torch.no_grad():
         want = module(x).numpy()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / f"{name}.so")), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu())).numpy()
     worst = max(worst, float(np.abs(got - want).max() / max(1e-6, float(np.abs(want).max()))))
-print(f"  {len(archs)} networks: {fallbacks} functions left unscheduled (a rule raised), "
+print(f"  {len(jobs)} {'ops' if ops else 'networks'}: {fallbacks} functions left unscheduled (a rule raised), "
       f"max error vs PyTorch {worst:.1e} of the output's range", flush=True)
 """
 
@@ -81,16 +87,25 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gap-ms", type=float, default=50)
+    ap.add_argument("--ops", nargs="+", metavar="SUBSTRING",
+                    help="whole ops instead of networks: the space's ops at 224 whose key contains any of these")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from latbench.space import Space
+
+    keys = [op.key for op in Space(224, 1.0).distinct_ops() if any(s in op.key for s in args.ops)] if args.ops else []
+    if args.ops and not keys:
+        print(f"no op of the space matches {args.ops}", file=sys.stderr)
+        return 2
+    labels = {f"op{i:02d}": key for i, key in enumerate(keys)}
     with tempfile.TemporaryDirectory() as tmp:
         libs: dict[str, Path] = {}
         for tag, rev in (("old", args.old), ("new", args.new)):
             src = checkout(rev, Path(tmp) / f"src-{tag}")
             libs[tag] = Path(tmp) / f"libs-{tag}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", BUILD, str(src), str(libs[tag]), str(args.nets), str(args.seed)],
-                           check=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            subprocess.run([sys.executable, "-c", BUILD, str(src), str(libs[tag]), str(args.nets), str(args.seed),
+                            *keys], check=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             print(f"built {tag} ({rev}) in {time.perf_counter() - t0:.0f} s", flush=True)
         import numpy as np
         import tvm
@@ -99,17 +114,17 @@ def main() -> int:
         from latbench.facts import host_facts
 
         dev = tvm.cpu()
-        x = tvm.runtime.tensor(np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32), dev)
-        evals = {}
+        evals, inputs = {}, {}
         for tag, d in libs.items():
             for lib in sorted(d.glob("*.so")):
                 vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
                 evals[(tag, lib.stem)] = vm.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=20)
+                inputs[lib.stem] = tvm.runtime.tensor(np.load(lib.with_suffix(".npy")), dev)
         ms: dict[tuple[str, str], list[float]] = {k: [] for k in evals}
         for r in range(args.rounds):
             for key in random.Random(r).sample(list(evals), len(evals)):
                 time.sleep(args.gap_ms / 1e3)
-                ms[key].append(statistics.median(evals[key](x).results) * 1e3)
+                ms[key].append(statistics.median(evals[key](inputs[key[1]]).results) * 1e3)
     facts = host_facts()
     print(f"{args.rounds} interleaved rounds, {args.threads} threads, visits {args.gap_ms:g} ms apart; "
           f"{facts.get('cpu_model')} ({facts.get('llvm_cpu')}), load avg {os.getloadavg()[0]:.1f}")
@@ -118,9 +133,9 @@ def main() -> int:
         ratios = [b / a for a, b in zip(ms[("old", net)], ms[("new", net)])]
         medians.append(statistics.median(ratios))
         old, new = statistics.median(ms[("old", net)]), statistics.median(ms[("new", net)])
-        print(f"  {net:18s} old {old:7.3f} ms  new {new:7.3f} ms  new/old {medians[-1]:.3f} "
+        print(f"  {labels.get(net, net)[:80]:18s} old {old:7.3f} ms  new {new:7.3f} ms  new/old {medians[-1]:.3f} "
               f"({min(ratios):.3f}-{max(ratios):.3f})")
-    print(f"new/old over {len(medians)} networks: median {statistics.median(medians):.3f}, "
+    print(f"new/old over {len(medians)} {'ops' if keys else 'networks'}: median {statistics.median(medians):.3f}, "
           f"min {min(medians):.3f}, max {max(medians):.3f}")
     return 0
 
