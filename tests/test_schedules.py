@@ -28,6 +28,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     column_tile,
     depthwise_tile,
     pack_array,
+    pair_tile,
     parallel_speedup_bound,
     prepare,
     row_tile,
@@ -99,6 +100,13 @@ def test_vector_lanes_follow_the_target():
     assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "znver5"})) == 16  # AVX-512
     assert vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == 8  # AVX2
     assert vector_lanes(tvm.target.Target(AARCH64)) == 4  # NEON
+
+
+@pytest.mark.parametrize("width,lanes,tile", [(30, 16, 10), (30, 8, 6), (32, 16, 16), (114, 16, 6), (118, 16, 2),
+                                              (16, 16, 16), (18, 16, 6), (8, 4, 4), (2, 16, 2)])
+def test_pair_tile_keeps_even_odd_column_pairs_whole(width, lanes, tile):
+    """A padding block scattering rows into even/odd planes vectorises whole column pairs, never past the lanes."""
+    assert pair_tile(width, lanes) == tile and tile % 2 == 0 and width % tile == 0 and tile <= lanes
 
 
 @pytest.mark.parametrize("width,lanes,tile", [(112, 8, 8), (112, 16, 16), (56, 16, 14), (28, 8, 7), (14, 8, 14),
@@ -288,6 +296,7 @@ ZNVER3 = {"kind": "llvm", "mcpu": "znver3"}
     ("expanded_conv-input:56x56x24-output:28x28x40-expand:3-kernel:5-stride:2-idskip:0", X86, "shuffled"),
     ("expanded_conv-input:64x64x16-output:32x32x24-expand:3-kernel:5-stride:2-idskip:0", ZNVER3, "shuffled"),
     ("expanded_conv-input:14x14x96-output:7x7x192-expand:6-kernel:3-stride:2-idskip:0", X86, "scattered"),
+    ("expanded_conv-input:28x28x40-output:14x14x80-expand:6-kernel:3-stride:2-idskip:0", X86, "scattered"),
     ("expanded_conv-input:112x112x16-output:56x56x24-expand:3-kernel:7-stride:2-idskip:0", X86, "scattered"),
 ])
 def test_stride2_depthwise_reads_planes_split_by_shuffles_where_the_slab_is_large(key, target, split):
