@@ -173,6 +173,10 @@ def session(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterat
         raise LatbenchError(f"torchrun: cannot start the {backend} process group: {first}") from None
     try:
         yield DistContext(rank, world, local, backend)
+        # Every rank done before any tears down: a rank destroying its gloo group while another still
+        # finished its run aborted the latter now and then at exit ("terminate called without an active
+        # exception", SIGABRT after the last epoch; seen once in CI).
+        _collective(dist.barrier)
     finally:
         dist.destroy_process_group()
 
