@@ -14,8 +14,10 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
 * **depthwise** k×k: one channel per tile, ``rows × columns`` of outputs (one vector when the lanes
   divide the row, else the whole row of up to 4 vectors; as many rows as the accumulators allow), the
   k×k taps unrolled so each input row loaded serves every output row of the tile; with **stride 2**
-  the padding block writes even and odd columns to two planes, so every tap is a contiguous load
-  (not a gather). A 56-column row split into 3.5-vector tiles ran 3-6x slower than these tiles;
+  the conv reads even and odd columns from two planes, so every tap is a contiguous load (not a
+  gather): on large maps a copy splits the padded slab with vector shuffles (a tensor intrinsic), on
+  small ones the padding block scatters whole column pairs. A 56-column row split into 3.5-vector
+  tiles ran 3-6x slower than these tiles;
 * **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
   and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
   ``F_tile × lanes`` pixels; when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
