@@ -15,17 +15,16 @@ median of the rounds' ratios, min-max): above 1 means the shipped value is faste
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from rules_ab import build_libraries, time_interleaved  # noqa: E402  (the same builds and timing loop)
 
 #: constant → (alternative value, what the alternative means, the ops it affects)
 FLIPS: dict[str, tuple[int, str, list[str]]] = {
@@ -44,32 +43,6 @@ FLIPS: dict[str, tuple[int, str, list[str]]] = {
         "Conv-input:224x224x3-output:112x112x32"]),
 }
 
-BUILD = r"""
-import json, sys
-from pathlib import Path
-out, name, value, keys = Path(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-import numpy as np, torch, tvm
-from tvm import relax
-import latbench.backends.tvm_schedules as rules
-from latbench.backends.base import get_backend
-from latbench.devices import get_device
-from latbench.jobs import Job
-if value != "shipped":
-    setattr(rules, name, int(value))
-out.mkdir(parents=True, exist_ok=True)
-for i, key in enumerate(keys):
-    module, x = Job(key, "ops").module_and_input()
-    notes = get_backend("tvm").build(module, x, get_device("local-cpu"), out / f"op{i}.so")
-    with torch.no_grad():
-        want = module(x).numpy()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / f"op{i}.so")), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu())).numpy()
-    err = float(np.abs(got - want).max() / max(1e-6, float(np.abs(want).max())))
-    assert err < 1e-3, (key, err)
-    print(json.dumps({"op": i, "unscheduled": len(notes.get("fallbacks") or []), "error": err}), flush=True)
-"""
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", choices=sorted(FLIPS), help="a constant (repeatable; default all)")
@@ -82,42 +55,17 @@ def main() -> int:
 
     names = args.only or list(FLIPS)
     with tempfile.TemporaryDirectory() as tmp:
-        libs: dict[tuple[str, str, int], Path] = {}
+        dirs: dict[str, Path] = {}
         for name in names:
             alt, _, keys = FLIPS[name]
             for value in ("shipped", str(alt)):
-                d = Path(tmp) / f"{name}-{value}"
+                d = dirs[f"{name}={value}"] = Path(tmp) / f"{name}-{value}"
                 t0 = time.perf_counter()
-                r = subprocess.run([sys.executable, "-c", BUILD, str(d), name, value, json.dumps(keys)],
-                                   capture_output=True, text=True, timeout=3600, cwd=ROOT,
-                                   env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)})
-                if r.returncode:
-                    print(f"build of {name}={value} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-                    return 1
-                unscheduled = sum(json.loads(line)["unscheduled"] for line in r.stdout.splitlines())
-                print(f"built {name}={value} ({len(keys)} ops, {unscheduled} functions unscheduled) "
-                      f"in {time.perf_counter() - t0:.0f} s", flush=True)
-                for i in range(len(keys)):
-                    libs[(name, value, i)] = d / f"op{i}.so"
-        import tvm
-        from tvm import relax
+                build_libraries(ROOT, d, ops=keys, overrides=[] if value == "shipped" else [f"{name}={value}"])
+                print(f"built {name}={value} in {time.perf_counter() - t0:.0f} s", flush=True)
+        ms = time_interleaved(dirs, args.rounds, args.gap_ms)
+    from latbench.facts import host_facts
 
-        from latbench.facts import host_facts
-        from latbench.jobs import Job
-
-        dev = tvm.cpu()
-        evals, inputs = {}, {}
-        for (name, value, i), lib in libs.items():
-            key = FLIPS[name][2][i]
-            if key not in inputs:
-                inputs[key] = tvm.runtime.tensor(Job(key, "ops").module_and_input()[1].numpy(), dev)
-            vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
-            evals[(name, value, i)] = vm.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=20)
-        ms: dict[tuple[str, str, int], list[float]] = {k: [] for k in evals}
-        for r in range(args.rounds):
-            for k in random.Random(r).sample(list(evals), len(evals)):
-                time.sleep(args.gap_ms / 1e3)
-                ms[k].append(statistics.median(evals[k](inputs[FLIPS[k[0]][2][k[2]]]).results) * 1e3)
     facts = host_facts()
     print(f"{args.rounds} interleaved rounds, {args.threads} threads, visits {args.gap_ms:g} ms apart; "
           f"{facts.get('cpu_model')} ({facts.get('llvm_cpu')}), load avg {os.getloadavg()[0]:.1f}")
@@ -125,7 +73,7 @@ def main() -> int:
         alt, meaning, keys = FLIPS[name]
         print(f"{name} = {getattr(rules, name)} (shipped) vs {alt} ({meaning}):")
         for i, key in enumerate(keys):
-            a, b = ms[(name, "shipped", i)], ms[(name, str(alt), i)]
+            a, b = ms[(f"{name}=shipped", f"op{i:02d}")], ms[(f"{name}={alt}", f"op{i:02d}")]
             ratios = [y / x for x, y in zip(a, b)]
             print(f"  {key[:60]:60s} {statistics.median(a):7.3f} vs {statistics.median(b):7.3f} ms  "
                   f"alt/shipped {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")

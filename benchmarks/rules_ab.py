@@ -25,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,10 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = r"""
 import random, sys
 from pathlib import Path
-src, out, nets, seed, ops = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+src, out, nets, seed, rest = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+ops = [a for a in rest if "=" not in a]  # op keys; NAME=VALUE sets a constant of the rules before the builds
 sys.path.insert(0, src)
 import latbench
 assert latbench.__file__.startswith(src), latbench.__file__
+import latbench.backends.tvm_schedules as rules
+for name, value in (a.split("=", 1) for a in rest if "=" in a):
+    assert hasattr(rules, name), name
+    setattr(rules, name, int(value))
 from latbench.backends.base import get_backend
 from latbench.devices import get_device
 from latbench.jobs import Job
@@ -78,6 +84,38 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def build_libraries(src: Path, out: Path, nets: int = 0, seed: int = 15, ops: Sequence[str] = (),
+                    overrides: Sequence[str] = ()) -> None:
+    """Build (in a process of its own, with ``src``'s latbench) the ops, else the networks, into ``out``:
+    ``<name>.so`` and its input ``<name>.npy``; each checked against PyTorch. ``overrides``: ``NAME=VALUE``
+    constants of the rules set before the builds."""
+    subprocess.run([sys.executable, "-c", BUILD, str(src), str(out), str(nets), str(seed), *ops, *overrides],
+                   check=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def time_interleaved(dirs: dict[str, Path], rounds: int, gap_ms: float) -> dict[tuple[str, str], list[float]]:
+    """(tag, name) → ms per round of every library of ``dirs`` (tag → directory of :func:`build_libraries`),
+    all loaded in this process and visited once per round in a shuffled order, ``gap_ms`` apart; a visit is
+    the median of 5 repeats of >= 20 ms in the Relax VM."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    evals, inputs = {}, {}
+    for tag, d in dirs.items():
+        for lib in sorted(d.glob("*.so")):
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
+            evals[(tag, lib.stem)] = vm.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=20)
+            inputs[(tag, lib.stem)] = tvm.runtime.tensor(np.load(lib.with_suffix(".npy")), dev)
+    ms: dict[tuple[str, str], list[float]] = {k: [] for k in evals}
+    for r in range(rounds):
+        for key in random.Random(r).sample(list(evals), len(evals)):
+            time.sleep(gap_ms / 1e3)
+            ms[key].append(statistics.median(evals[key](inputs[key]).results) * 1e3)
+    return ms
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, help="git revision of the old rules")
@@ -104,32 +142,16 @@ def main() -> int:
             src = checkout(rev, Path(tmp) / f"src-{tag}")
             libs[tag] = Path(tmp) / f"libs-{tag}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", BUILD, str(src), str(libs[tag]), str(args.nets), str(args.seed),
-                            *keys], check=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            build_libraries(src, libs[tag], args.nets, args.seed, keys)
             print(f"built {tag} ({rev}) in {time.perf_counter() - t0:.0f} s", flush=True)
-        import numpy as np
-        import tvm
-        from tvm import relax
+        ms = time_interleaved(libs, args.rounds, args.gap_ms)
+    from latbench.facts import host_facts
 
-        from latbench.facts import host_facts
-
-        dev = tvm.cpu()
-        evals, inputs = {}, {}
-        for tag, d in libs.items():
-            for lib in sorted(d.glob("*.so")):
-                vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), dev)
-                evals[(tag, lib.stem)] = vm.time_evaluator("main", dev, number=1, repeat=5, min_repeat_ms=20)
-                inputs[lib.stem] = tvm.runtime.tensor(np.load(lib.with_suffix(".npy")), dev)
-        ms: dict[tuple[str, str], list[float]] = {k: [] for k in evals}
-        for r in range(args.rounds):
-            for key in random.Random(r).sample(list(evals), len(evals)):
-                time.sleep(args.gap_ms / 1e3)
-                ms[key].append(statistics.median(evals[key](inputs[key[1]]).results) * 1e3)
     facts = host_facts()
     print(f"{args.rounds} interleaved rounds, {args.threads} threads, visits {args.gap_ms:g} ms apart; "
           f"{facts.get('cpu_model')} ({facts.get('llvm_cpu')}), load avg {os.getloadavg()[0]:.1f}")
     medians = []
-    for net in sorted({n for _, n in evals}):
+    for net in sorted({n for _, n in ms}):
         ratios = [b / a for a, b in zip(ms[("old", net)], ms[("new", net)])]
         medians.append(statistics.median(ratios))
         old, new = statistics.median(ms[("old", net)]), statistics.median(ms[("new", net)])
