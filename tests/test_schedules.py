@@ -31,6 +31,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     pair_tile,
     parallel_speedup_bound,
     prepare,
+    projection_vectors,
     row_tile,
     vector_lanes,
 )
@@ -107,6 +108,23 @@ def test_vector_lanes_follow_the_target():
 def test_pair_tile_keeps_even_odd_column_pairs_whole(width, lanes, tile):
     """A padding block scattering rows into even/odd planes vectorises whole column pairs, never past the lanes."""
     assert pair_tile(width, lanes) == tile and tile % 2 == 0 and width % tile == 0 and tile <= lanes
+
+
+@pytest.mark.parametrize("vectors,cin,cout,pv", [(196, 144, 24, 4), (196, 24, 144, 1), (49, 240, 40, 1),
+                                                 (98, 144, 24, 2), (784, 96, 16, 4), (4, 32, 32, 1)])
+def test_projection_tiles_read_several_vectors_per_input_channel(vectors, cin, cout, pv):
+    """A 1x1 conv reducing over more channels than it outputs takes whole pixel vectors dividing the map, up to 4."""
+    assert projection_vectors(vectors, cin, cout) == pv and vectors % pv == 0
+
+
+def test_56px_projection_tile_spans_four_vectors_and_matches_pytorch():
+    op = OpSpec.parse("expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:3-stride:1-idskip:1")
+    notes = check_x86(op)
+    lanes = notes["vector_lanes"]
+    flat = sorted(r.split()[1] for r in notes["rules"].values() if r.startswith("pointwise-flat"))
+    expand, projection = sorted(flat, key=lambda t: t.count("x"))  # F x lanes, F x vectors x lanes
+    assert expand.endswith(f"x{lanes}") and projection.endswith(f"x4x{lanes}"), notes["rules"]
+    assert int(projection.split("x")[0]) * 4 <= int(expand.split("x")[0]), notes["rules"]  # same registers
 
 
 @pytest.mark.parametrize("width,lanes,tile", [(112, 8, 8), (112, 16, 16), (56, 16, 14), (28, 8, 7), (14, 8, 14),

@@ -20,7 +20,8 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
   tiles ran 3-6x slower than these tiles;
 * **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
   and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
-  ``F_tile × lanes`` pixels; when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
+  ``F_tile × lanes`` pixels (a projection, reducing over more channels than it outputs: ``F_tile × 4·lanes``,
+  so each input channel is read 256 contiguous bytes at a time); when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
   32 px) the weights are relaid out IHWO before legalization and the tile vectorises over output
   channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
   pointwise rule that does not apply falls back to the column tile (``notes["generic_conv"]``);
@@ -66,7 +67,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 13
+RULES_VERSION = 14
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -120,6 +121,12 @@ DENSE_UNROLL = 16
 #: rows (each input row serves up to ``kernel`` of them): 56-column 7×7 tiles, 7 rows, 0.70-0.84 of the time
 #: of 2 rows. A value ≥ the register count turns the rule off (rows from the accumulator budget only).
 DEPTHWISE_SPARE_REGISTERS = 4
+#: Pixel vectors per register tile of a flat 1×1 conv that reduces over more input channels than it outputs
+#: (an MBConv projection: 144 → 24 channels at 56×56), with as many fewer output channels. Inside a network
+#: its input, just written by the depthwise conv, is partly back in L3, and one vector per input channel and
+#: step read 64 bytes from each of 144 channel planes, a pattern no prefetcher follows: 0.120 ms in the chain
+#: vs 0.061 alone. Four vectors (256 contiguous bytes per plane): 0.084 ms in the chain, the same alone.
+PROJECTION_PIXEL_VECTORS = 4
 #: Vector registers a strided conv's (the stem's) tile leaves free: its strided input loads are the costly
 #: part of a step, so more output channels per tile amortise each (16-24 accumulators: 0.67-0.82 of the time
 #: with 8-12). A value ≥ the register count turns the rule off.
@@ -305,6 +312,14 @@ def _no_pack(block: Any, read: int, index_map: Any) -> bool:
     return False
 
 
+def projection_vectors(vectors: int, in_channels: int, out_channels: int) -> int:
+    """Pixel vectors per register tile of a flat 1×1 conv: up to :data:`PROJECTION_PIXEL_VECTORS` (dividing the
+    map's ``vectors``) when it reduces over more channels than it outputs (an MBConv projection), else 1."""
+    if in_channels <= out_channels:
+        return 1
+    return _divisors_desc(vectors, PROJECTION_PIXEL_VECTORS)[0]
+
+
 def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack: Any = _no_pack) -> str:
     """1×1 stride-1 conv whose H·W is a multiple of the lanes: the contiguous H×W map is one axis,
     a ``F_tile × lanes`` register tile (weights broadcast, pixels in the vector), so 28, 14 or 7
@@ -322,21 +337,23 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack:
         sch.transform_block_layout(cons, lambda n, f, y, x: (n, f, y * width + x))
     n, f, p, *red = sch.get_loops(conv)
     spatial = _spatial_major(_extent(sch, p), _extent(sch, f))
-    ft = row_tile(_extent(sch, f), budget)
+    pv = projection_vectors(_extent(sch, p) // lanes, _extent(sch, red[0]), _extent(sch, f))
+    ft = row_tile(_extent(sch, f), budget // pv)
     pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
-    po, pi = sch.split(p, [None, lanes])
+    po, pv_loop, pi = sch.split(p, [None, pv, lanes])
     fo, fi = sch.split(f, [None, ft])
     order = (po, fo) if spatial else (fo, po)
-    sch.reorder(n, *order, *red, fi, pi)
+    sch.reorder(n, *order, *red, fi, pv_loop, pi)
     outer = sch.fuse(n, *order)
     sch.parallel(outer)
     sch.vectorize(pi)
+    sch.unroll(pv_loop)
     sch.unroll(fi)
     for cons in consumers:
         sch.reverse_compute_at(cons, outer)
         sch.vectorize(sch.get_loops(cons)[-1])
     _decompose_unrolled(sch, conv, red[0])
-    return f"pointwise-flat {ft}x{lanes}"
+    return f"pointwise-flat {ft}x{lanes}" if pv == 1 else f"pointwise-flat {ft}x{pv}x{lanes}"
 
 
 def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int, pack: Any = _no_pack) -> str:
