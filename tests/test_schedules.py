@@ -32,6 +32,7 @@ from latbench.backends.tvm_schedules import (  # noqa: E402
     parallel_speedup_bound,
     prepare,
     projection_vectors,
+    row_pieces,
     row_tile,
     vector_lanes,
 )
@@ -134,19 +135,28 @@ def test_column_tile_divides_the_width(width, lanes, tile):
     assert width % column_tile(width, lanes) == 0
 
 
-@pytest.mark.parametrize("width,kernel,lanes,budget,registers,tile", [
-    (56, 3, 16, 12, 32, (56, 2)),  # 4 vectors a row: 12 accumulators hold 2 rows
-    (56, 5, 16, 12, 32, (56, 4)),  # a larger kernel reuses each input row more: up to 28 accumulators
-    (56, 7, 16, 12, 32, (56, 7)),
-    (28, 3, 16, 12, 32, (28, 4)),
-    (14, 7, 16, 12, 32, (14, 7)),
-    (112, 7, 16, 12, 32, (16, 8)),  # one vector a row: the budget already allows 8 rows
-    (28, 7, 8, 8, 16, (28, 2)),  # AVX2: 16 registers leave no room for more rows
+@pytest.mark.parametrize("width,kernel,lanes,budget,registers,halves,tile", [
+    (56, 3, 16, 12, 32, True, (56, 2)),  # 7 half vectors a row: 14 accumulators, 2 rows
+    (56, 5, 16, 12, 32, True, (56, 4)),  # a larger kernel reuses each input row more: up to 28 accumulators
+    (56, 7, 16, 12, 32, True, (56, 2)),  # 7x7 in half vectors: half of that (4 rows spilled)
+    (56, 7, 16, 12, 32, False, (56, 7)),  # whole vectors (a conv on shuffled planes): 4 a row, 7 rows
+    (28, 3, 16, 12, 32, True, (28, 4)),
+    (14, 7, 16, 12, 32, True, (14, 7)),
+    (112, 7, 16, 12, 32, True, (16, 8)),  # one vector a row: the budget already allows 8 rows
+    (28, 7, 8, 8, 16, True, (28, 2)),  # AVX2: 16 registers leave no room for more rows; no half vectors
 ])
-def test_depthwise_tile_rows_grow_with_the_kernel_within_the_registers(width, kernel, lanes, budget, registers, tile):
-    xt, yt = depthwise_tile(width, width, lanes, budget, kernel, registers)
+def test_depthwise_tile_rows_grow_with_the_kernel_within_the_registers(width, kernel, lanes, budget, registers,
+                                                                      halves, tile):
+    xt, yt = depthwise_tile(width, width, lanes, budget, kernel, registers, halves)
     assert (xt, yt) == tile and width % yt == 0
-    assert yt * -(-xt // lanes) <= max(budget, registers - 4)
+    vectors = row_pieces(xt, lanes) if halves else -(-xt // lanes)
+    assert yt * vectors <= max(budget, registers - 4)
+
+
+@pytest.mark.parametrize("columns,lanes,pieces", [(56, 16, 7), (28, 16, 2), (112, 16, 7), (14, 16, 1), (28, 8, 4),
+                                                  (56, 8, 7), (7, 16, 1), (14, 4, 4)])
+def test_row_pieces_use_half_vectors_only_where_they_fill_whole_8_lane_registers(columns, lanes, pieces):
+    assert row_pieces(columns, lanes) == pieces
 
 
 @pytest.mark.parametrize("mcpu,stem,pointwise", [("skylake-avx512", "conv 16x16", "conv 12x14"),

@@ -12,7 +12,8 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
   register tile of output channels × output columns, vectorised along the columns (contiguous in
   NCHW), reduction loops outside the tile, the outer loops fused and parallel;
 * **depthwise** k×k: one channel per tile, ``rows × columns`` of outputs (one vector when the lanes
-  divide the row, else the whole row of up to 4 vectors; as many rows as the accumulators allow), the
+  divide the row, else the whole row of up to 4 vectors, 56 columns as 7 half vectors with AVX-512; as
+  many rows as the accumulators allow), the
   k×k taps unrolled so each input row loaded serves every output row of the tile; with **stride 2**
   the conv reads even and odd columns from two planes, so every tap is a contiguous load (not a
   gather): on large maps a copy splits the padded slab with vector shuffles (a tensor intrinsic), on
@@ -21,9 +22,9 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
 * **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
   and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
   ``F_tile × lanes`` pixels (a projection, reducing over more channels than it outputs: ``F_tile × 4·lanes``,
-  so each input channel is read 256 contiguous bytes at a time); when a row would fill under 3/4 of its vectors (7×7 maps; 2×2, 1×1 at
-  32 px) the weights are relaid out IHWO before legalization and the tile vectorises over output
-  channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
+  so each input channel is read 256 contiguous bytes at a time); when a row would fill under 3/4 of its
+  vectors (7×7 maps; 2×2, 1×1 at 32 px) the weights are relaid out IHWO before legalization and the tile
+  vectorises over output channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
   pointwise rule that does not apply falls back to the column tile (``notes["generic_conv"]``);
 * **padding** of a depthwise conv is computed per parallel task, into a slab the size of the task's
   rows (never a padded copy of the whole map; inlining it puts ``if_then_else`` in the hot loop); any
@@ -67,7 +68,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 14
+RULES_VERSION = 15
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -385,12 +386,14 @@ def _schedule_pointwise_channels(sch: Any, conv: Any, lanes: int, budget: int, p
 
 
 def depthwise_tile(width: int, height: int, lanes: int, budget: int, kernel: int = 3,
-                   registers: int = 0) -> tuple[int, int]:
+                   registers: int = 0, halves: bool = True) -> tuple[int, int]:
     """(columns, rows) of a depthwise register tile: one vector when the lanes divide the row (112, 56
     at 8 lanes), else the whole row when it fits in 4 vectors (56, 28, 14, 7 at 16 lanes); then as many
     output rows as the accumulator budget allows (a divisor of the height), so each loaded input row
     serves several outputs. A large kernel may take up to ``kernel`` rows of all registers but
-    :data:`DEPTHWISE_SPARE_REGISTERS` (each input row serves up to ``kernel`` output rows). A row that is
+    :data:`DEPTHWISE_SPARE_REGISTERS` (each input row serves up to ``kernel`` output rows). A row computed in
+    half vectors (:func:`row_pieces`, where ``halves``) takes as many rows as the registers hold (less the spare),
+    half that for 7×7 (4 rows × 7 halves: 1.10× the 3.5-vector tile's time, 2 rows: 0.92×). A row that is
     neither (wide, odd) keeps one row of its widest divisor."""
     if width % lanes == 0:
         xt = lanes
@@ -401,7 +404,23 @@ def depthwise_tile(width: int, height: int, lanes: int, budget: int, kernel: int
     vectors = -(-xt // lanes)
     spare = registers - DEPTHWISE_SPARE_REGISTERS
     rows = max(budget // vectors, min(kernel, spare // vectors) if kernel >= 5 and spare > 0 else 0)
+    pieces = row_pieces(xt, lanes) if halves else vectors
+    if pieces > vectors:  # half vectors: as many accumulators as the registers hold less the spare ones; 7×7: half
+        accumulators = max(1, (registers or 2 * budget) - DEPTHWISE_SPARE_REGISTERS) // (2 if kernel >= 7 else 1)
+        rows = min(rows, max(1, accumulators // pieces))
     return xt, _divisors_desc(height, max(1, rows))[0]
+
+
+def row_pieces(columns: int, lanes: int) -> int:
+    """Vectors a depthwise tile's row of ``columns`` is computed in: half vectors when the lanes do not divide it but
+    half the lanes do and a half is a whole 8-lane register (56 columns at 16 lanes: 7 × 8 lanes, not 3.5 × 16,
+    which LLVM legalized with spills and ``vinsertf64x4`` shuffles), else whole vectors. Whole ops, interleaved:
+    the 56×56 stride-1 MBConv blocks 0.89-0.92 of their time, 112→56 7×7 0.83-0.85; a conv reading shuffled planes
+    keeps whole vectors (112→56 5×5 expand 6: 1.07). Measured with AVX-512 only (the 8-lane case, 28 columns as
+    7 × 4 lanes, is untimed and keeps its 3.5 vectors)."""
+    if lanes >= 16 and columns > lanes and columns % lanes and columns % (lanes // 2) == 0:
+        return columns // (lanes // 2)
+    return -(-columns // lanes)
 
 
 def _align_slab(sch: Any, block: Any, step: int) -> int:
@@ -537,9 +556,10 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
     if depthwise:
         # No input reuse across channels: one channel per tile, a register tile of output rows ×
         # columns (the k×k taps unrolled), stride-2 inputs de-interleaved so loads stay contiguous.
-        xt, yt = depthwise_tile(width, _extent(sch, y), lanes, budget, _extent(sch, red[1]), registers)
-        ft = 1
         split, planes = _deinterleave_stride2(sch, conv, pad)
+        xt, yt = depthwise_tile(width, _extent(sch, y), lanes, budget, _extent(sch, red[1]), registers,
+                                halves=split != "shuffled")
+        ft = 1
     else:
         xt, yt = column_tile(width, lanes), 1
         # A strided conv (the stem) loads its input vectors strided, the costly part of a step: more output
@@ -580,6 +600,9 @@ def _schedule_conv(sch: Any, conv: Any, lanes: int, budget: int, pad: Any | None
         order = (yo, fo) if spatial else (fo, yo)
         sch.reorder(n, *order, xo, *red, yi, fi, xi)
         sch.parallel(sch.fuse(n, *order))
+    if depthwise and split != "shuffled" and row_pieces(xt, lanes) > -(-xt // lanes):  # see row_pieces
+        xu, xi = sch.split(xi, [None, lanes // 2])
+        sch.unroll(xu)
     sch.vectorize(xi)
     sch.unroll(fi)
     sch.unroll(yi)
