@@ -42,6 +42,9 @@ FLIPS: dict[str, tuple[int, str, list[str]]] = {
     "PROJECTION_PIXEL_VECTORS": (1, "one pixel vector per projection tile (more output channels)", [
         "expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:3-stride:1-idskip:1",
         "expanded_conv-input:112x112x16-output:56x56x24-expand:6-kernel:3-stride:2-idskip:0"]),
+    "PREFETCH_TILES_AHEAD": (0, "no software prefetch in 28x28 projections", [
+        "expanded_conv-input:28x28x40-output:28x28x40-expand:6-kernel:3-stride:1-idskip:1",
+        "expanded_conv-input:56x56x24-output:28x28x40-expand:6-kernel:5-stride:2-idskip:0"]),
     "STRIDED_SPARE_REGISTERS": (999, "the stem's tile from the accumulator budget only", [
         "Conv-input:224x224x3-output:112x112x32"]),
 }

@@ -128,6 +128,23 @@ def test_56px_projection_tile_spans_four_vectors_and_matches_pytorch():
     assert int(projection.split("x")[0]) * 4 <= int(expand.split("x")[0]), notes["rules"]  # same registers
 
 
+def test_28px_projection_prefetches_its_next_tile_and_matches_pytorch():
+    """A projection reading one vector per input plane and step (28x28 at 16 lanes: 49 vectors, no multiple of 4)
+    prefetches the next tile; one reading several vectors per plane (56x56) and the expansion do not."""
+    for key in ["expanded_conv-input:28x28x40-output:28x28x40-expand:6-kernel:3-stride:1-idskip:1",
+                "expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:3-stride:1-idskip:1"]:
+        op = OpSpec.parse(key)
+        (mod, notes), _ = lower(op, X86)
+        want = int(projection_vectors(op.in_w * op.in_w // notes["vector_lanes"], 6 * op.in_ch, op.out_ch) == 1)
+        flat = [name for name, rule in notes["rules"].items() if rule.startswith("pointwise-flat")]
+        prefetching = [name for name in flat if "llvm.prefetch" in mod[name].script()]
+        assert len(flat) == 2 and len(prefetching) == want, (key, notes["rules"], prefetching)
+        if want:
+            (name,) = prefetching
+            assert mod[name].params[0].shape[1] > mod[name].params[-1].shape[1]  # the projection
+            check_x86(op)
+
+
 @pytest.mark.parametrize("width,lanes,tile", [(112, 8, 8), (112, 16, 16), (56, 16, 14), (28, 8, 7), (14, 8, 14),
                                               (7, 8, 7), (7, 4, 7), (13, 4, 1), (1, 16, 1), (96, 16, 16)])
 def test_column_tile_divides_the_width(width, lanes, tile):

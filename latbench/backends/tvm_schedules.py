@@ -22,7 +22,8 @@ tuning (see ``../shared/notes/tvm-tuning.md``):
 * **pointwise 1×1, stride 1** (most of the FLOPs): when H·W is a multiple of the lanes (112, 56
   and 28 px maps at 16 lanes) the contiguous H×W map is one axis and the tile is
   ``F_tile × lanes`` pixels (a projection, reducing over more channels than it outputs: ``F_tile × 4·lanes``,
-  so each input channel is read 256 contiguous bytes at a time); when a row would fill under 3/4 of its
+  so each input channel is read 256 contiguous bytes at a time, or with a software prefetch of the next tile
+  where the map has no multiple of 4 vectors, 28×28); when a row would fill under 3/4 of its
   vectors (7×7 maps; 2×2, 1×1 at 32 px) the weights are relaid out IHWO before legalization and the tile
   vectorises over output channels, a row of pixels unrolled. 14-column rows (14/16 lanes) keep the column tile. A
   pointwise rule that does not apply falls back to the column tile (``notes["generic_conv"]``);
@@ -68,7 +69,7 @@ from latbench.devices import Device
 log = logging.getLogger(__name__)
 
 #: Version of the rules; part of the backend settings, so cached artifacts are rebuilt when it changes.
-RULES_VERSION = 15
+RULES_VERSION = 16
 
 
 # -- target facts ---------------------------------------------------------------------------------
@@ -313,6 +314,14 @@ def _no_pack(block: Any, read: int, index_map: Any) -> bool:
     return False
 
 
+def _prefetch_ahead(sch: Any, conv: Any, position: int, unrolled: int, pixels: int) -> None:
+    """Annotate the innermost input-channel loop of ``conv`` (loop ``position``, split in two when unrolled) for a
+    prefetch :data:`PREFETCH_TILES_AHEAD` tiles of ``pixels`` ahead (see :func:`insert_prefetches`)."""
+    if PREFETCH_TILES_AHEAD > 0:
+        loop = sch.get_loops(conv)[position + (1 if unrolled > 1 else 0)]
+        sch.annotate(loop, PREFETCH_ANNOTATION, pixels * PREFETCH_TILES_AHEAD)
+
+
 def projection_vectors(vectors: int, in_channels: int, out_channels: int) -> int:
     """Pixel vectors per register tile of a flat 1×1 conv: up to :data:`PROJECTION_PIXEL_VECTORS` (dividing the
     map's ``vectors``) when it reduces over more channels than it outputs (an MBConv projection), else 1."""
@@ -339,6 +348,7 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack:
     n, f, p, *red = sch.get_loops(conv)
     spatial = _spatial_major(_extent(sch, p), _extent(sch, f))
     pv = projection_vectors(_extent(sch, p) // lanes, _extent(sch, red[0]), _extent(sch, f))
+    prefetch = _extent(sch, red[0]) > _extent(sch, f)
     ft = row_tile(_extent(sch, f), budget // pv)
     pack(conv, len(sch.get(conv).reads) - 1, _tile_major(ft))
     po, pv_loop, pi = sch.split(p, [None, pv, lanes])
@@ -353,7 +363,9 @@ def _schedule_pointwise_flat(sch: Any, conv: Any, lanes: int, budget: int, pack:
     for cons in consumers:
         sch.reverse_compute_at(cons, outer)
         sch.vectorize(sch.get_loops(cons)[-1])
-    _decompose_unrolled(sch, conv, red[0])
+    unrolled = _decompose_unrolled(sch, conv, red[0])
+    if pv == 1 and prefetch:  # a projection reading one vector per input plane and step
+        _prefetch_ahead(sch, conv, 1, unrolled, lanes)
     return f"pointwise-flat {ft}x{lanes}" if pv == 1 else f"pointwise-flat {ft}x{pv}x{lanes}"
 
 
@@ -702,7 +714,68 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True,
             continue
         _parallel_spatial(sch, block, lanes)
         rules.append("elementwise")
-    return sch.mod["main"], "+".join(rules) or "none", pack.maps
+    return insert_prefetches(sch.mod["main"]), "+".join(rules) or "none", pack.maps
+
+
+#: Loop annotation (pixels ahead) asking :func:`insert_prefetches` for a software prefetch of the conv input.
+PREFETCH_ANNOTATION = "latbench.prefetch_ahead"
+#: How many pixel tiles ahead a projection with one vector per input plane prefetches its input. Each step of its
+#: reduction reads one 64-byte line from each of hundreds of channel planes (the 28×28 blocks: 240 planes), more
+#: streams than the hardware prefetchers track, so inside a network every line came from L3 on demand: the 28×28
+#: projections 0.070 → 0.055 ms in the chain with a prefetch one tile ahead (``llvm.prefetch``); the 28×28 MBConv
+#: ops alone 0.89-0.94 of their time, networks 0.988. The 14×14 column-tiled projections (376 KB maps, in L2) got
+#: nothing from it (1.00-1.06 alone) and do not prefetch. 0 turns prefetching off.
+PREFETCH_TILES_AHEAD = 1
+
+
+def insert_prefetches(func: Any) -> Any:
+    """Start each loop annotated with :data:`PREFETCH_ANNOTATION` (= pixels ahead) with a prefetch of the input
+    that its conv's update block reads that many pixels ahead: the block's input index with the block bound as in
+    the loop's first iteration of every loop inside, the vectorised one moved ahead by the annotation."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    def first_update(body: Any) -> tuple[Any, list[Any]] | None:
+        loops: list[Any] = []
+        found: list[Any] = []
+
+        def visit(node: Any) -> Any:
+            if found:
+                return tvm_ffi.WalkResult.SKIP
+            if isinstance(node, tirx.For):
+                loops.append(node)
+            elif isinstance(node, s_tir.SBlockRealize) and node.block.name_hint.endswith("_update"):
+                found.append(node)
+            return None
+
+        tvm_ffi.structural_walk(body, [(tirx.For, visit), (s_tir.SBlockRealize, visit)], order="pre")
+        return (found[0], loops) if found else None
+
+    def rewrite(node: Any) -> Any:
+        if PREFETCH_ANNOTATION not in node.annotations:
+            return node
+        ahead = int(node.annotations[PREFETCH_ANNOTATION])
+        rest = {k: v for k, v in node.annotations.items() if k != PREFETCH_ANNOTATION}
+        hit = first_update(node.body)
+        if hit is None:
+            return tirx.For(node.loop_var, node.min, node.extent, node.kind, node.body, node.thread_binding, rest)
+        realize, loops = hit
+        values = {}
+        for lp in loops:
+            vectorized = int(lp.kind) == int(tirx.ForKind.VECTORIZED)
+            values[lp.loop_var] = tirx.const(ahead if vectorized else 0, str(lp.min.ty))
+        bound = {iv.var: tvm_ffi.structural_map(v, (tirx.Var, lambda x: values.get(x, x)))
+                 for iv, v in zip(realize.block.iter_vars, realize.iter_values)}
+        data = realize.block.reads[1]  # [accumulator, input, weight]
+        index = [tvm_ffi.structural_map(r.min, (tirx.Var, lambda x: bound.get(x, x))) for r in data.region]
+        prefetch = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                       tirx.address_of(tirx.BufferLoad(_buffer(data), index)),
+                                                       tirx.IntImm("int32", 0), tirx.IntImm("int32", 3),
+                                                       tirx.IntImm("int32", 1)))
+        return tirx.For(node.loop_var, node.min, node.extent, node.kind, tirx.SeqStmt([prefetch, node.body]),
+                        node.thread_binding, rest)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, rewrite)))
 
 
 def parallel_extents(func: Any) -> list[int]:
