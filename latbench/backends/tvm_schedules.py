@@ -731,7 +731,10 @@ PREFETCH_TILES_AHEAD = 1
 def insert_prefetches(func: Any) -> Any:
     """Start each loop annotated with :data:`PREFETCH_ANNOTATION` (= pixels ahead) with a prefetch of the input
     that its conv's update block reads that many pixels ahead: the block's input index with the block bound as in
-    the loop's first iteration of every loop inside, the vectorised one moved ahead by the annotation."""
+    the loop's first iteration of every loop inside, the vectorised one moved ahead by the annotation. The last
+    tile's prefetch points past its plane (into the next, or past the buffer): a prefetch never faults (x86
+    ``prefetcht0``, AArch64 ``prfm``), so no bound is needed. Built with ``tvm_ffi.structural_map`` (TVM 0.27
+    has no Python ``stmt_functor``)."""
     import tvm_ffi
     from tvm import s_tir, tirx
 
