@@ -1,5 +1,6 @@
 """Build here, time there: aarch64 cross-compilation, the runtime-only bundle/timer, rasp4 without a board,
-and the rasp4 path end to end under qemu (the aarch64 bundle's RPC server in an emulated Python)."""
+and the rasp4 path end to end under qemu (the aarch64 bundle's RPC server in an emulated Python);
+``-m slow``: every op of the space, NEON-scheduled, checked against PyTorch under qemu."""
 from __future__ import annotations
 
 import json
@@ -167,3 +168,43 @@ def test_rasp4_qemu_end_to_end(tmp_path, cli, x86_set, arm_set):
         code, out, err = cli("device", "stop", path)
         assert code == 0, err
     assert get_device(str(path)).emulated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution,width", [(224, 1.0), (224, 0.75), (32, 1.0), (32, 0.75)])
+def test_every_op_matches_pytorch_on_aarch64_under_qemu(tmp_path, cli, resolution, width):
+    """Every distinct op of the space, scheduled by the NEON rules (4 lanes, no fallback) and cross-compiled for
+    the Pi 4, runs under qemu (QEMU_CPU=cortex-a72, the bundle's runtime-only timer) and matches PyTorch's output
+    as closely as the x86 sweep does (|err| <= 1e-5 x max(1, max |y|))."""
+    if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("qemu-user-static or g++-aarch64-linux-gnu is not installed")
+    from latbench.boards.emulated import ensure_arm_python
+    from latbench.devices import get_device
+    from latbench.errors import LatbenchError
+    from latbench.runners.bundle import cached_bundle
+
+    try:
+        python = ensure_arm_python()
+        bundle = cached_bundle(get_device("rasp4"))
+    except LatbenchError as exc:
+        pytest.skip(f"no aarch64 Python or runtime bundle here: {exc}")
+    out = tmp_path / "set"
+    code, _, err = cli("compile", "--target", "rasp4", "-r", resolution, "-w", width, "--out", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    items = {e["key"]: out / e["path"] for e in manifest["entries"] if e.get("role") != "reference"}
+    assert len(items) == 72 and all(e["status"] == "ok" for e in manifest["entries"])
+    for d in items.values():
+        build = json.loads((d / "meta.json").read_text())["build"]
+        assert build["vector_lanes"] == 4 and build["rules"] and not build.get("fallbacks"), (d, build)
+        assert elf_machine(d / "lib.so")[2] == EM_AARCH64
+    res = subprocess.run([str(python), str(bundle / "runtime_timer.py"), str(out), "--out", str(tmp_path / "r.jsonl"),
+                          "--repeat", "1", "--warmup", "0", "--min-repeat-ms", "0"],
+                         capture_output=True, text=True, timeout=900, env={"PATH": "/usr/bin:/bin",
+                                                                          "QEMU_CPU": "cortex-a72"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["key"]: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    assert sorted(rows) == sorted(items)
+    for key, row in rows.items():
+        scale = max(1.0, float(np.abs(np.load(items[key] / "expected.npy")).max()))
+        assert row["status"] == "ok" and row["max_abs_err"] <= 1e-5 * scale, (key, row)

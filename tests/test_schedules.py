@@ -4,7 +4,8 @@ Fast tests cover every schedule pattern of the space (one op per pattern: stem, 
 class — expand 1 / expand >1, stride 1/2, residual or not — at every feature-map width, feature
 mix, classifier) at a small resolution and width 0.75, plus the 224 ops with the widest maps.
 ``-m slow`` runs every distinct op of the space at 224 and 32, width 1.0 and 0.75.
-Numerics: the scheduled x86 code runs in-process (Relax VM) and is compared with PyTorch.
+Numerics: the scheduled x86 code runs in-process (Relax VM) and is compared with PyTorch; the aarch64
+(NEON) builds of the same ops run under qemu against PyTorch in ``test_bundle.py`` (``-m slow``).
 """
 from __future__ import annotations
 
