@@ -161,7 +161,7 @@ def test_retrain_on_two_ranks_matches_one_process(searched, tmp_path, capsys):
     process with 1 vs 2 threads as much as 2 ranks vs 1 process; 4 steps at lr 1e-3 stay at the
     float noise (~2e-7 on the weights)."""
     args = ["--arch", str(searched / "arch.json"), "--init", "supernet", "--lr", "0.001", *TRAIN]
-    r = torchrun(["-m", "search.train"], args + ["--out", str(tmp_path / "ddp")])
+    r = torchrun(per_rank(tmp_path, "search.train"), args + ["--out", str(tmp_path / "ddp")])  # oneDNN off there too
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("retrained") == 1, r.stdout
     assert {p.name for p in (tmp_path / "ddp").iterdir()} == TRAIN_FILES  # no stray .tmp of a second writer
