@@ -7,6 +7,13 @@ Builds one op or network with the ``tvm`` rules, then times, interleaved over ``
               the VM's pooled allocator reuses them (the VM minus its bookkeeping);
 * ``alone``   each kernel repeated on its own buffers (its inputs and weights stay in its core's caches).
 
+``--pairs`` times each kernel right after each kernel of the chain (itself included), interleaved: a kernel slow
+only after one other kernel writes lines that kernel's threads left in *other* cores' caches (each store waits for
+an invalidation). Seen on a 2-vCPU EPYC (znver4, December 7) in the 7×7 expand-3 7×7 block: the depthwise conv 0.051
+ms after the expand, 0.060-0.152 ms after the projection, whose threads each read every channel of the buffer the
+depthwise conv writes next (0.034-0.048 when the projection read a copy instead); the size of the penalty moved
+from process to process (where the VM's vCPUs sat on the host).
+
 ``chain`` ≫ ``alone`` means the kernels are slow *together*: data a kernel wrote on one core is read by another
 core in the next, weights come from L3 instead of L2, ... — what an isolated-op table cannot see, and what the
 rules' spatial-major parallel loops and packed weights address. Per kernel: its rule, its time alone and in the
@@ -15,6 +22,8 @@ chain (``--per-kernel``). ``TVM_NUM_THREADS`` is set to ``--threads``.
     .venv/bin/python benchmarks/kernel_chain.py                       # the MobileNetV2-style net at 224
     .venv/bin/python benchmarks/kernel_chain.py --per-kernel \
         --op expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:3-stride:1-idskip:1
+    .venv/bin/python benchmarks/kernel_chain.py --pairs \
+        --op expanded_conv-input:7x7x192-output:7x7x320-expand:3-kernel:7-stride:1-idskip:0
 """
 from __future__ import annotations
 
@@ -115,6 +124,37 @@ def timed(fn: Any, min_s: float = 0.02) -> float:
     return statistics.median(runs)
 
 
+def after(steps: list[tuple[str, Any, list[Any]]], prev: int, cur: int, calls: int = 200) -> float:
+    """ms of kernel ``cur`` (median of ``calls``), each call right after one call of kernel ``prev``."""
+    ts = []
+    for _ in range(calls):
+        steps[prev][1](*steps[prev][2])
+        t0 = time.perf_counter()
+        steps[cur][1](*steps[cur][2])
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def pairs(steps: list[tuple[str, Any, list[Any]]], rounds: int, notes: dict) -> int:
+    """Print, for every kernel, its time right after every kernel (median over ``rounds`` interleaved rounds)."""
+    from latbench.facts import host_facts
+
+    cells = [(p, c) for c in range(len(steps)) for p in range(len(steps))]
+    ms: dict[tuple[int, int], list[float]] = collections.defaultdict(list)
+    for r in range(rounds):
+        for p, c in random.Random(r).sample(cells, len(cells)):
+            ms[(p, c)].append(after(steps, p, c))
+    facts = host_facts()
+    print(f"{len(steps)} kernels, {os.environ['TVM_NUM_THREADS']} threads, {rounds} interleaved rounds; "
+          f"{facts.get('cpu_model')} ({facts.get('llvm_cpu')}), load avg {os.getloadavg()[0]:.1f}")
+    print("ms of a kernel (row) right after a kernel (column k0, k1, ...), median over the rounds (min-max)")
+    for c, (name, _, _) in enumerate(steps):
+        row = "  ".join(f"k{p}: {statistics.median(ms[(p, c)]):.3f} ({min(ms[(p, c)]):.3f}-{max(ms[(p, c)]):.3f})"
+                        for p in range(len(steps)))
+        print(f"  k{c} {name[:30]:30s} {notes['rules'].get(name, '-')[:24]:24s} {row}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op", default=None, help="an op key (default: the MobileNetV2-style network)")
@@ -122,6 +162,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-kernel", action="store_true", help="print every kernel alone and in the chain")
+    ap.add_argument("--pairs", action="store_true",
+                    help="instead: each kernel timed right after each kernel (an op's few kernels; a net has many)")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import tvm
@@ -130,6 +172,8 @@ def main() -> int:
     from latbench.facts import host_facts
 
     mod, x, target, notes = build(args)
+    if args.pairs:
+        return pairs(kernel_chain(mod, x, target), args.rounds, notes)
     vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     xt = tvm.runtime.tensor(x.numpy(), tvm.cpu())
     steps = kernel_chain(mod, x, target)
