@@ -421,15 +421,14 @@ def report(items: list[dict], workers: list[str], res: dict) -> None:
     for (what, b), rs in sorted(ratios.items()):
         vals = [r for r, _ in rs]
         worst = max(rs)
-        over = sum(v > (1.3 if what == "ops" else 1.0) for v in vals)
+        bar = 1.3 if what == "ops" else 1.0
         print(f"tvm/{b} over {len(vals)} {what}: median {statistics.median(vals):.2f}, min {min(vals):.2f}, "
-              f"max {worst[0]:.2f} ({worst[1][:60]}), above {'1.3' if what == 'ops' else '1.0'}: {over}")
+              f"max {worst[0]:.2f} ({worst[1][:60]}), above {bar}: {sum(v > bar for v in vals)}")
         floors = res.get("floor_ms", {})
         fl = [floors["tvm"][k] / floors[b][k] for _, k in rs if k in floors.get("tvm", {}) and k in floors.get(b, {})]
         if fl:  # robust to a backend's occasional slow repeats (a visit's median is hit when 3 of 5 are slow)
             print(f"  on floors (each visit's fastest repeat, median over rounds): median {statistics.median(fl):.2f}, "
-                  f"min {min(fl):.2f}, max {max(fl):.2f}, above {'1.3' if what == 'ops' else '1.0'}: "
-                  f"{sum(v > (1.3 if what == 'ops' else 1.0) for v in fl)}")
+                  f"min {min(fl):.2f}, max {max(fl):.2f}, above {bar}: {sum(v > bar for v in fl)}")
     if "tvm@1" in med:
         sp = [(med["tvm@1"][k] / med["tvm"][k], k) for k in med["tvm@1"] if k in med.get("tvm", {})]
         if sp:

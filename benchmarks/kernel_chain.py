@@ -7,12 +7,12 @@ Builds one op or network with the ``tvm`` rules, then times, interleaved over ``
               the VM's pooled allocator reuses them (the VM minus its bookkeeping);
 * ``alone``   each kernel repeated on its own buffers (its inputs and weights stay in its core's caches).
 
-``--pairs`` times each kernel right after each kernel of the chain (itself included), interleaved: a kernel slow
-only after one other kernel writes lines that kernel's threads left in *other* cores' caches (each store waits for
-an invalidation). Seen on a 2-vCPU EPYC (znver4, December 7) in the 7×7 expand-3 7×7 block: the depthwise conv 0.051
-ms after the expand, 0.060-0.152 ms after the projection, whose threads each read every channel of the buffer the
-depthwise conv writes next (0.034-0.048 when the projection read a copy instead); the size of the penalty moved
-from process to process (where the VM's vCPUs sat on the host).
+``--pairs`` times each kernel right after each kernel of the chain (itself included), interleaved. A kernel that is
+slow only after one particular kernel writes lines which that kernel's threads left in *other* cores' caches (each
+store waits for an invalidation). Seen on a 2-vCPU EPYC (znver4, December 7) in the 7×7 expand-3 7×7 block: the
+depthwise conv 0.051 ms after the expand, 0.060-0.152 ms after the projection, whose threads each read every channel
+of the buffer the depthwise conv writes next (0.034-0.048 when the projection read a copy instead); the size of the
+penalty moved from process to process (where the VM's vCPUs sat on the host).
 
 ``chain`` ≫ ``alone`` means the kernels are slow *together*: data a kernel wrote on one core is read by another
 core in the next, weights come from L3 instead of L2, ... — what an isolated-op table cannot see, and what the
