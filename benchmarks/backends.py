@@ -15,8 +15,9 @@ backend 3-4x (ONNX Runtime's visits on a 2-vCPU EPYC, December 7), medians and f
 * ``tvm``          latbench's schedule rules (no tuning)
 * ``onnxruntime``  ONNX Runtime CPU provider on the op exported with ``torch.onnx``
 * ``torch``        PyTorch eager, ``inference_mode``
-* ``tvm-untuned``  TVM's default pipeline; ``tvm-tuned`` MetaSchedule, ``--trials`` per op, on every
-  ``--tuned-every``-th op only (no networks: tuning is slow)
+* ``tvm-untuned``  TVM's default pipeline; ``tvm-tuned`` MetaSchedule seeded with the rules' schedules,
+  ``--trials`` per op, on every ``--tuned-every``-th op only (no networks: tuning is slow);
+  ``tvm-tuned-noseed`` the same without the seeds. Each tunes into a database of its own under ``--cache``.
 * ``tvm@1``        (with ``--speedup N``) the ``tvm`` code on 1 thread, on the N largest ops (FLOPs)
 
 Items: the space's distinct ops at ``--resolution``/``--width-mult`` (72 at 224, 1.0), ``--nets``
@@ -146,7 +147,10 @@ def load_tvm(backend: str, item: dict, cache: Path, trials: int) -> tuple[Any, d
     from latbench.backends.base import get_backend
     from latbench.devices import get_device
 
-    be = get_backend(backend, **({"trials_per_op": trials} if backend == "tvm-tuned" else {}))
+    tuned = backend.startswith("tvm-tuned")
+    be = get_backend("tvm-tuned" if tuned else backend,
+                     **({"trials_per_op": trials, "seed": backend == "tvm-tuned", "db_dir": cache / "tuning" / backend}
+                        if tuned else {}))
     device = get_device("local-cpu")
     m, x = module_and_input(item)
     ident = json.dumps([backend, be.settings(), device.resolved_target(), item.get("arch_key", item["key"]),
@@ -159,6 +163,9 @@ def load_tvm(backend: str, item: dict, cache: Path, trials: int) -> tuple[Any, d
         built = be.build(m, x, device, lib)
         notes["fallbacks"] = len(built.get("fallbacks", []))
         notes["generic_conv"] = len(built.get("generic_conv", []))
+        if tuned:  # which schedule the database ranked best per task, and which one the build kept per function
+            notes["db_best"] = [s.get("best") for s in built.get("seeds", [])]
+            notes["kept"] = [v["kept"] for v in built.get("vs_rules", [])]
         extents.write_text(json.dumps(built.get("parallel", {})))
     notes["parallel"] = json.loads(extents.read_text())
     notes["build_s"] = round(time.perf_counter() - t0, 2)
@@ -244,12 +251,15 @@ class Worker:
              "--threads", str(threads), "--trials", str(args.trials), "--cache", str(args.cache)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.notes: dict[str, Any] = {}
+        self.ready = False
 
     def wait_ready(self) -> None:
+        if self.ready:
+            return
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             raise SystemExit(f"worker {self.name} died while loading (rc {self.proc.wait()})")
-        self.notes = json.loads(line)["ready"]
+        self.notes, self.ready = json.loads(line)["ready"], True
 
     def ask(self, key: str) -> dict[str, Any]:
         assert self.proc.stdin and self.proc.stdout
@@ -306,7 +316,7 @@ def main() -> int:
     backends = [b for b in args.backends.split(",") if b]
     plan: dict[str, tuple[str, list[dict], int]] = {}
     for be in backends:
-        sel = ops[:: args.tuned_every] if be == "tvm-tuned" else items
+        sel = ops[:: args.tuned_every] if be.startswith("tvm-tuned") else items
         plan[be] = (be, sel, args.threads)
     if args.speedup and "tvm" in backends:
         largest = sorted(ops, key=lambda it: -it["macs"])[: args.speedup]
@@ -318,8 +328,13 @@ def main() -> int:
     visits: dict[str, dict[str, list[dict]]] = {w: {} for w in plan}
     probes: list[dict] = []
     with tempfile.TemporaryDirectory() as tdir:
-        workers = {w: Worker(w, be, sel, thr, args, Path(tdir)) for w, (be, sel, thr) in plan.items()}
+        workers: dict[str, Worker] = {}
         try:
+            # Tuning times its candidates: each tuned worker loads alone, before the others start building.
+            for w, (be, sel, thr) in sorted(plan.items(), key=lambda kv: not kv[1][0].startswith("tvm-tuned")):
+                workers[w] = Worker(w, be, sel, thr, args, Path(tdir))
+                if be.startswith("tvm-tuned"):
+                    workers[w].wait_ready()
             for w in workers.values():
                 w.wait_ready()
             t_loaded = time.perf_counter()
@@ -429,6 +444,13 @@ def report(items: list[dict], workers: list[str], res: dict) -> None:
         if fl:  # robust to a backend's occasional slow repeats (a visit's median is hit when 3 of 5 are slow)
             print(f"  on floors (each visit's fastest repeat, median over rounds): median {statistics.median(fl):.2f}, "
                   f"min {min(fl):.2f}, max {max(fl):.2f}, above {bar}: {sum(v > bar for v in fl)}")
+    for w in cols:
+        if w.startswith("tvm-tuned") and "tvm" in med:
+            rs = [(med[w][k] / med["tvm"][k], k) for k in med[w] if k in med["tvm"]]
+            if rs:
+                vals = [r for r, _ in rs]
+                print(f"{w}/tvm over {len(rs)} ops: median {statistics.median(vals):.2f}, min {min(vals):.2f}, "
+                      f"max {max(vals):.2f} ({max(rs)[1][:60]})")
     if "tvm@1" in med:
         sp = [(med["tvm@1"][k] / med["tvm"][k], k) for k in med["tvm@1"] if k in med.get("tvm", {})]
         if sp:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -539,3 +540,55 @@ def test_tuning_refuses_a_target_it_cannot_time_here(tmp_path):
     pi = device_from_dict({"name": "pi", "target": AARCH64, "cross_compiler": "aarch64-linux-gnu-g++"})
     with pytest.raises(LatbenchError, match="tune on a machine of that architecture"):
         TunedTVM(trials_per_op=2, db_dir=tmp_path).build(m, x, pi, tmp_path / "x.so")
+
+
+SEEDED_OP = "expanded_conv-input:56x56x24-output:28x28x40-expand:3-kernel:5-stride:2-idskip:0"
+_REBUILD = """
+import json, sys
+from pathlib import Path
+import numpy as np, torch, tvm
+from tvm import relax
+from latbench.backends.tvm_tuned import TunedTVM
+from latbench.devices import get_device
+from latbench.modules import build_op_module, example_input
+from latbench.ops import OpSpec
+op = OpSpec.parse(sys.argv[1]); db = Path(sys.argv[2])
+m = build_op_module(op); x = example_input(op.input_shape, op.key)
+notes = TunedTVM(trials_per_op=1, db_dir=db).build(m, x, get_device("local-cpu"), db / "lib.so")
+vm = relax.VirtualMachine(tvm.runtime.load_module(str(db / "lib.so")), tvm.cpu())
+with torch.no_grad():
+    err = float(np.abs(vm["main"](tvm.runtime.tensor(x.numpy())).numpy() - m(x).numpy()).max())
+print(json.dumps({"notes": notes, "err": err}, default=str))
+"""
+
+
+def test_tuning_is_seeded_with_the_rules_and_a_new_process_replays_the_seeds(tmp_path):
+    """Before tuning, each task's rules' schedule is timed and committed as a tuning record; a campaign in another
+    process then finds every task in the database, applies the seeds (the stride-2 depthwise one tensorizes with
+    latbench's shuffle intrinsic, which that process registers before replaying), and matches PyTorch."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from latbench.backends.tvm_tuned import TunedTVM
+
+    op = OpSpec.parse(SEEDED_OP)
+    _, _, mod, _ = exported(op)
+    dev = get_device("local-cpu")
+    tgt = tvm.target.Target({**dev.tvm_target().export(), "num-cores": dev.threads})
+    backend = TunedTVM(trials_per_op=1, db_dir=tmp_path)
+    db = backend.database(tgt)
+    tasks = ms.relax_integration.extract_tasks(prepare(mod, tgt), tgt)
+    seeds, notes = backend.seed(tasks, db, tgt, dev)
+    assert [n["task"] for n in notes] == [t.task_name for t in tasks] and len(seeds) == len(tasks) == 3
+    assert all(n["rules_ms"] > 0 for n in notes), notes
+    assert any(n["rule"].endswith("s2-shuffled") for n in notes), notes
+    for (workload, trace), note in zip(seeds, notes):
+        (top,) = db.get_top_k(db.commit_workload(workload), 1)  # the seed is the database's record of the task
+        assert str(top.trace) == str(trace)
+        assert ("tensorize" in str(trace)) == note["rule"].endswith("s2-shuffled"), note
+    out = subprocess.run([sys.executable, "-c", _REBUILD, SEEDED_OP, str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["notes"]["tuned_tasks"] == 0 and res["notes"]["untuned_funcs"] == [], res["notes"]
+    assert len(res["notes"]["vs_rules"]) == 3  # every function came from a (seeded) tuning record
+    assert res["err"] < 1e-4, res["err"]

@@ -669,7 +669,16 @@ def _padding_of(sch: Any, conv: Any) -> Any | None:
 
 def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True,
                       packable: frozenset[int] = frozenset()) -> tuple[Any, str, dict[int, Any]]:
-    """Apply latbench's rules to one PrimFunc; returns the scheduled function, the rule used and
+    """Apply latbench's rules to one PrimFunc (:func:`rule_schedule`) and its prefetches
+    (:func:`insert_prefetches`); returns the scheduled function, the rule used and the packed weights."""
+    sch, rule, maps = rule_schedule(func, target, use_pointwise, packable)
+    return insert_prefetches(sch.mod["main"]), rule, maps
+
+
+def rule_schedule(func: Any, target: Any, use_pointwise: bool = True,
+                  packable: frozenset[int] = frozenset()) -> tuple[Any, str, dict[int, Any]]:
+    """Apply latbench's rules to one PrimFunc; returns the schedule (whose ``trace`` replays them: what
+    ``tvm-tuned`` seeds MetaSchedule with; the prefetches are a pass after it), the rule used and
     the weights it packed (parameter position → index map; see :class:`WeightPacker`): only
     parameters in ``packable`` are, and the caller must pack their constants with :func:`pack_array`.
 
@@ -714,7 +723,7 @@ def schedule_primfunc(func: Any, target: Any, use_pointwise: bool = True,
             continue
         _parallel_spatial(sch, block, lanes)
         rules.append("elementwise")
-    return insert_prefetches(sch.mod["main"]), "+".join(rules) or "none", pack.maps
+    return sch, "+".join(rules) or "none", pack.maps
 
 
 #: Loop annotation (pixels ahead) asking :func:`insert_prefetches` for a software prefetch of the conv input.
