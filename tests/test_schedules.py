@@ -591,4 +591,8 @@ def test_tuning_is_seeded_with_the_rules_and_a_new_process_replays_the_seeds(tmp
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["notes"]["tuned_tasks"] == 0 and res["notes"]["untuned_funcs"] == [], res["notes"]
     assert len(res["notes"]["vs_rules"]) == 3  # every function came from a (seeded) tuning record
+    # The 1×1 convs' seeds are the rules' code (no prefetch to tell them apart): their rules' schedule went into
+    # the whole module, where their constant weights are packed.
+    assert any(v.get("same_code") for v in res["notes"]["vs_rules"]), res["notes"]["vs_rules"]
+    assert res["notes"]["packed_weights"], res["notes"]
     assert res["err"] < 1e-4, res["err"]

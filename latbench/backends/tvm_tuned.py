@@ -36,6 +36,7 @@ from latbench.backends.tvm import TVMBackend
 from latbench.backends.tvm_schedules import apply_rules, deinterleave_intrin, prepare, rule_schedule, vector_lanes
 from latbench.devices import Device
 from latbench.errors import LatbenchError
+from latbench.files import temp_sibling
 from latbench.settings import cache_root
 
 log = logging.getLogger(__name__)
@@ -269,12 +270,20 @@ class TunedTVM(TVMBackend):
             note["best_ms"] = _mean_ms(top.run_secs)
         with target, db, tvm.transform.PassContext(opt_level=3):
             tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
-        # Functions without a record (untunable, or every candidate failed) get latbench's rules.
+        # Functions without a record (untunable, or every candidate failed) get latbench's rules below.
+        untuned = {gv.name_hint for gv, f in tuned.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)}
+        notes["untuned_funcs"] = sorted(untuned)
+        tuned, notes["vs_rules"] = self.keep_the_faster(fused, tuned, untuned, target, device)
+        # Every function whose rules' schedule won, and every one without a record, is scheduled by the rules in
+        # the whole module: there the constant weights they read are packed (a function alone keeps its layouts).
+        for gv in fused.functions:
+            if any(n["func"] == gv.name_hint and n["kept"] == "rules" for n in notes["vs_rules"]):
+                tuned[gv] = fused[gv]
         tuned, rule_notes = apply_rules(tuned, target)
-        notes["untuned_funcs"] = sorted(rule_notes["rules"])
+        notes["packed_weights"] = rule_notes["packed_weights"]
         if rule_notes["fallbacks"]:
             notes["fallbacks"] = rule_notes["fallbacks"]
-        tuned, notes["vs_rules"] = self.keep_the_faster(fused, tuned, set(rule_notes["rules"]), target, device)
         return tuned, notes
 
     def seed(self, tasks: list[Any], db: Any, target: Any, device: Device) -> tuple[list[tuple[Any, Any]],
@@ -356,7 +365,9 @@ class TunedTVM(TVMBackend):
                                 "kept": "rules" if rules_ms is not None and (tuned_ms is None or rules_ms < tuned_ms)
                                 else "tuned"}
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(choices, indent=1, sort_keys=True))
+            tmp = temp_sibling(path)  # two campaigns on one database never read a half-written file
+            tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
+            os.replace(tmp, path)
         timed_now = {key for _, key, _ in todo}
         out = []
         for gv, key, rule_func in pending:
